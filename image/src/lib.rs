@@ -1,3 +1,274 @@
-//! Images: references, the registry client, the content store, safe layer unpacking,
-//! the layer store and image records.
+//! Images: references, the registry client, safe layer unpacking, the layer store and
+//! image records.
+//!
+//! [`ImageService`] is the whole of it as the daemon sees it: pull, list, look up,
+//! remove, and the usage numbers of ImageFsInfo. Every read is served from memory; the
+//! records live in the daemon's redb database, in the tables this crate owns
+//! (`images`, `layers`).
 #![deny(missing_docs)]
+
+pub mod error;
+pub mod hosts;
+pub mod layers;
+mod pull;
+pub mod reference;
+pub mod registry;
+pub mod store;
+pub mod unpack;
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use redb::Database;
+use tokio_util::sync::CancellationToken;
+
+pub use error::{ErrorKind, ImageError, Result};
+use layers::LayerStore;
+use reference::{ImageRef, is_image_id};
+pub use registry::{Credentials, RegistryOptions};
+use registry::Registries;
+pub use store::{ImageRecord, LayerRef};
+use store::ImageIndex;
+
+/// Nanoseconds since the epoch, now.
+pub(crate) fn now_nanos() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+/// What a finished pull reports.
+#[derive(Debug, Clone)]
+pub struct PullOutcome {
+    /// The image as recorded.
+    pub image: Arc<ImageRecord>,
+    /// Compressed bytes downloaded for layers (0 when every layer was present).
+    pub bytes_downloaded: u64,
+}
+
+/// Images on this node.
+pub struct ImageService {
+    db: Arc<Database>,
+    layers: Arc<LayerStore>,
+    registries: Registries,
+    index: RwLock<ImageIndex>,
+    /// Serializes changes to image records, so a pull's commit and a removal never
+    /// interleave between the table write and the index update.
+    meta: tokio::sync::Mutex<()>,
+}
+
+impl ImageService {
+    /// Opens the image store under `root` and reconciles records with the disk.
+    pub fn open(root: PathBuf, db: Arc<Database>, options: RegistryOptions) -> Result<Self> {
+        let layers = Arc::new(LayerStore::open(root.join("layers"), Arc::clone(&db))?);
+        let mut index = ImageIndex::default();
+        let mut broken = Vec::new();
+        for record in store::load_all(&db)? {
+            if let Some(missing) = record.layers.iter().find(|l| !layers.contains(&l.diff_id)) {
+                tracing::warn!(image = %record.id, layer = %missing.diff_id, "image lost a layer; forgetting it");
+                broken.push(record.id.clone());
+                continue;
+            }
+            index.insert(Arc::new(record));
+        }
+        let refs: Vec<&str> = broken.iter().map(String::as_str).collect();
+        store::write(&db, &[], &refs)?;
+        let service = ImageService {
+            db,
+            layers,
+            registries: Registries::new(options),
+            index: RwLock::new(index),
+            meta: tokio::sync::Mutex::new(()),
+        };
+        let removed = service.layers.gc(&service.referenced_layers())?;
+        if !removed.is_empty() {
+            tracing::info!(count = removed.len(), "removed layers no image uses");
+        }
+        Ok(service)
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, ImageIndex> {
+        // Index updates are single inserts and removes; a panic cannot leave it torn.
+        self.index.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, ImageIndex> {
+        self.index.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The layer store, for callers that mount layers.
+    pub fn layer_store(&self) -> &Arc<LayerStore> {
+        &self.layers
+    }
+
+    /// Pulls `reference` and records it. `auth` overrides configured credentials.
+    /// Cancelling `cancel` stops the pull and leaves nothing of it behind.
+    pub async fn pull(
+        &self,
+        reference: &str,
+        auth: Option<&Credentials>,
+        cancel: CancellationToken,
+    ) -> Result<PullOutcome> {
+        let image = ImageRef::parse(reference)?;
+        let name = image.to_string();
+        let creds = match auth.filter(|a| !a.is_empty()) {
+            Some(a) => a.to_auth(&name)?,
+            None => match self.registries.configured_auth(image.registry()) {
+                Some(a) => a.to_auth(&name)?,
+                None => oci_client::secrets::RegistryAuth::Anonymous,
+            },
+        };
+        let mut last_error = None;
+        let mut resolved = None;
+        for route in self.registries.routes(&image)? {
+            let endpoint = route.endpoint.clone();
+            let attempt = tokio::select! {
+                r = pull::resolve(&image, route, &creds) => r,
+                _ = cancel.cancelled() => return Err(ImageError::Cancelled(name)),
+            };
+            match attempt {
+                Ok(r) => {
+                    resolved = Some(r);
+                    break;
+                }
+                Err(e) => {
+                    tracing::debug!(image = %name, %endpoint, error = %e, "endpoint failed");
+                    last_error = Some(e);
+                }
+            }
+        }
+        let resolved = match (resolved, last_error) {
+            (Some(r), _) => r,
+            (None, Some(e)) => return Err(e),
+            (None, None) => return Err(ImageError::NotFound(name)),
+        };
+        let lease = self.layers.lease(resolved.layers.iter().map(|l| l.diff_id.clone()));
+        let fetched = pull::fetch_layers(&self.layers, &name, &resolved, &cancel).await;
+        let outcome = match fetched {
+            Ok(bytes) if !cancel.is_cancelled() => self.commit(&image, resolved).await.map(|image| PullOutcome {
+                image,
+                bytes_downloaded: bytes,
+            }),
+            Ok(_) => Err(ImageError::Cancelled(name)),
+            Err(e) => Err(e),
+        };
+        drop(lease);
+        if outcome.is_err() {
+            // Layers this pull committed but no image records are garbage now.
+            let _meta = self.meta.lock().await;
+            if let Err(e) = self.layers.gc(&self.referenced_layers()) {
+                tracing::warn!(error = %e, "layer cleanup after a failed pull");
+            }
+        }
+        outcome
+    }
+
+    async fn commit(&self, image: &ImageRef, resolved: pull::Resolved) -> Result<Arc<ImageRecord>> {
+        let size = resolved.config.len() as u64 + resolved.layers.iter().map(|l| l.size).sum::<u64>();
+        let mut names = Vec::new();
+        if image.tag().is_some() {
+            names.push(image.to_string());
+        }
+        let digest_name = image.with_digest(&resolved.top_digest);
+        let _meta = self.meta.lock().await;
+        let (record, others) = {
+            let index = self.read();
+            let mut record = match index.by_id.get(&resolved.config_digest) {
+                Some(existing) => (**existing).clone(),
+                None => ImageRecord::new(resolved.config_digest.clone(), resolved.layers.clone(), resolved.config.clone(), size),
+            };
+            for tag in &names {
+                if !record.repo_tags.contains(tag) {
+                    record.repo_tags.push(tag.clone());
+                }
+            }
+            if !record.repo_digests.contains(&digest_name) {
+                record.repo_digests.push(digest_name.clone());
+            }
+            // A tag that named another image moves to this one.
+            let mut others: Vec<ImageRecord> = Vec::new();
+            for tag in &names {
+                if let Some(owner) = index.by_name.get(tag).filter(|o| **o != record.id)
+                    && let Some(other) = index.by_id.get(owner)
+                {
+                    let mut other = others
+                        .iter()
+                        .position(|o| o.id == other.id)
+                        .map(|i| others.remove(i))
+                        .unwrap_or_else(|| (**other).clone());
+                    other.repo_tags.retain(|t| t != tag);
+                    others.push(other);
+                }
+            }
+            (record, others)
+        };
+        let mut put: Vec<&ImageRecord> = vec![&record];
+        put.extend(others.iter());
+        store::write(&self.db, &put, &[])?;
+        let record = Arc::new(record);
+        let mut index = self.write();
+        for other in others {
+            index.insert(Arc::new(other));
+        }
+        index.insert(Arc::clone(&record));
+        Ok(record)
+    }
+
+    /// Finds an image by id (`sha256:…` or bare hex), tag or digest reference.
+    pub fn resolve(&self, name: &str) -> Option<Arc<ImageRecord>> {
+        let index = self.read();
+        if is_image_id(name) {
+            let id = if name.starts_with("sha256:") { name.to_string() } else { format!("sha256:{name}") };
+            return index.by_id.get(&id).cloned();
+        }
+        let normalized = ImageRef::parse(name).ok()?.to_string();
+        let id = index.by_name.get(&normalized)?;
+        index.by_id.get(id).cloned()
+    }
+
+    /// Every image, in no particular order.
+    pub fn list(&self) -> Vec<Arc<ImageRecord>> {
+        self.read().by_id.values().cloned().collect()
+    }
+
+    /// Removes an image by id (with all its names), or one of its names (and the image
+    /// with its last tag). Absent images are not an error. Layers no longer used go too.
+    pub async fn remove(&self, name: &str) -> Result<()> {
+        let _meta = self.meta.lock().await;
+        let Some(record) = self.resolve(name) else {
+            return Ok(());
+        };
+        let by_id = is_image_id(name);
+        let normalized = if by_id { None } else { ImageRef::parse(name).ok().map(|r| r.to_string()) };
+        let mut updated = (*record).clone();
+        if let Some(n) = &normalized {
+            updated.repo_tags.retain(|t| t != n);
+            updated.repo_digests.retain(|d| d != n);
+        }
+        if by_id || updated.repo_tags.is_empty() {
+            store::write(&self.db, &[], &[record.id.as_str()])?;
+            self.write().remove(&record.id);
+        } else {
+            store::write(&self.db, &[&updated], &[])?;
+            self.write().insert(Arc::new(updated));
+        }
+        self.layers.gc(&self.referenced_layers())?;
+        Ok(())
+    }
+
+    /// Bytes and inodes used by unpacked layers, and where they live.
+    pub fn usage(&self) -> (PathBuf, u64, u64) {
+        let (bytes, inodes) = self.layers.usage();
+        (self.layers.dir().to_path_buf(), bytes, inodes)
+    }
+
+    fn referenced_layers(&self) -> HashSet<String> {
+        self.read()
+            .by_id
+            .values()
+            .flat_map(|r| r.layers.iter().map(|l| l.diff_id.clone()))
+            .collect()
+    }
+}
