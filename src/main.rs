@@ -1,1 +1,186 @@
-fn main() {}
+//! crustd: the crust CRI daemon.
+
+mod config;
+mod cri;
+mod network;
+mod server;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tokio_stream::wrappers::UnixListenerStream;
+
+use config::{Config, LogFormat};
+
+/// crustd serves the Kubernetes CRI (RuntimeService and ImageService) on a unix socket.
+#[derive(Parser, Debug)]
+#[command(name = "crustd", version, about)]
+struct Cli {
+    /// Configuration file [default: /etc/crust/config.toml; a missing default file means defaults].
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Root directory for persistent data (overrides `root`).
+    #[arg(long)]
+    root: Option<PathBuf>,
+    /// State directory for runtime state (overrides `state`).
+    #[arg(long)]
+    state: Option<PathBuf>,
+    /// CRI socket path (overrides `listen`).
+    #[arg(long)]
+    listen: Option<PathBuf>,
+    /// Log level or tracing filter (overrides `log_level`).
+    #[arg(long)]
+    log_level: Option<String>,
+    /// Log format (overrides `log_format`).
+    #[arg(long, value_enum)]
+    log_format: Option<LogFormat>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Configuration helpers.
+    Config {
+        #[command(subcommand)]
+        what: ConfigCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ConfigCommand {
+    /// Print the complete default configuration, documented.
+    Default,
+    /// Check a configuration file (with flags applied) and print the result.
+    Check,
+}
+
+fn load_config(cli: &Cli) -> anyhow::Result<Config> {
+    let (path, required) = match &cli.config {
+        Some(p) => (p.clone(), true),
+        None => (PathBuf::from(config::DEFAULT_CONFIG_PATH), false),
+    };
+    let mut config = Config::load(&path, required)?;
+    if let Some(v) = &cli.root {
+        config.root = v.clone();
+    }
+    if let Some(v) = &cli.state {
+        config.state = v.clone();
+    }
+    if let Some(v) = &cli.listen {
+        config.listen = v.clone();
+    }
+    if let Some(v) = &cli.log_level {
+        config.log_level = v.clone();
+    }
+    if let Some(v) = cli.log_format {
+        config.log_format = v;
+    }
+    config.validate().context("command-line flags")?;
+    Ok(config)
+}
+
+fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::new(&config.log_level);
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    match config.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match &cli.command {
+        Some(Command::Config {
+            what: ConfigCommand::Default,
+        }) => {
+            print!("{}", config::DEFAULT_CONFIG_TOML);
+            return Ok(());
+        }
+        Some(Command::Config {
+            what: ConfigCommand::Check,
+        }) => {
+            let config = load_config(&cli)?;
+            println!("{config:#?}");
+            return Ok(());
+        }
+        None => {}
+    }
+    let config = load_config(&cli)?;
+    init_logging(&config);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("crustd")
+        .build()
+        .context("start the async runtime")?;
+    let result = runtime.block_on(serve(Arc::new(config)));
+    if let Err(e) = &result {
+        tracing::error!("{e:#}");
+    }
+    result
+}
+
+async fn serve(config: Arc<Config>) -> anyhow::Result<()> {
+    for dir in [&config.root, &config.state] {
+        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    }
+    let listener = server::bind(&config.listen).await?;
+    let cri = cri::Cri::new();
+    let (runtime_service, image_service) = cri::services(cri.clone());
+    tracing::info!(socket = %config.listen.display(), version = env!("CARGO_PKG_VERSION"), "crustd serving");
+    let server = tonic::transport::Server::builder()
+        .add_service(runtime_service)
+        .add_service(image_service)
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), server::shutdown_signal());
+    let recovery = {
+        let config = Arc::clone(&config);
+        tokio::task::spawn_blocking(move || recover(config))
+    };
+    tokio::pin!(server);
+    // Serve (with Unavailable answers) while recovery runs, so clients see a live
+    // socket; recovery failing stops the daemon.
+    tokio::select! {
+        r = &mut server => return r.context("grpc server"),
+        r = recovery => {
+            let services = r.context("recovery task")??;
+            cri.set_ready(Arc::new(services));
+            tracing::info!("recovery finished; ready");
+        }
+    }
+    server.await.context("grpc server")?;
+    let _ = std::fs::remove_file(&config.listen);
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Opens the store and reconciles it with the disk: what start-up must finish before
+/// any RPC is answered.
+fn recover(config: Arc<Config>) -> anyhow::Result<cri::Services> {
+    let db_path = config.root.join("crust.redb");
+    let db = redb::Database::create(&db_path).with_context(|| {
+        format!(
+            "open metadata store {} (is another crustd using this root?)",
+            db_path.display()
+        )
+    })?;
+    let db = Arc::new(db);
+    let options = crust_image::RegistryOptions {
+        config_path: config.registry.config_path.clone(),
+        auths: config.registry.auths.clone().into_iter().collect(),
+    };
+    let images = crust_image::ImageService::open(config.root.clone(), Arc::clone(&db), options)
+        .context("open the image store")?;
+    let network = network::NetworkState::new(&config.cni);
+    Ok(cri::Services {
+        config: Arc::clone(&config),
+        images: Arc::new(images),
+        network: Arc::new(network),
+    })
+}

@@ -1,0 +1,266 @@
+//! crustd's configuration: a TOML file, overridden by command-line flags.
+//!
+//! Every field has a default, so a missing file means "all defaults". Unknown keys and
+//! bad values are refused at start with a message naming the key.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use crust_image::Credentials;
+use serde::Deserialize;
+
+/// Where crustd looks for its configuration when `--config` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/crust/config.toml";
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Persistent data: the metadata store, unpacked layers, containers' writable layers.
+    pub root: PathBuf,
+    /// Runtime state on tmpfs: bundles, mountpoints, monitor sockets, pinned netns.
+    pub state: PathBuf,
+    /// The CRI socket kubelet and crictl connect to.
+    pub listen: PathBuf,
+    /// Log level: error, warn, info, debug or trace (or a tracing filter directive).
+    pub log_level: String,
+    /// Log format: "text" for people, "json" for log collectors.
+    pub log_format: LogFormat,
+    /// The cgroup driver reported to kubelet: "cgroupfs" or "systemd".
+    pub cgroup_driver: CgroupDriver,
+    /// Image registries.
+    pub registry: RegistryConfig,
+    /// Pod networking.
+    pub cni: CniConfig,
+}
+
+/// Log output formats.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Cgroup drivers kubelet knows.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum CgroupDriver {
+    /// Cgroup paths are file-system paths (`/kubepods/burstable/pod<uid>`).
+    Cgroupfs,
+    /// Cgroups are systemd slices (`kubepods-burstable-pod<uid>.slice`).
+    Systemd,
+}
+
+/// Registry access.
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistryConfig {
+    /// A directory in containerd's hosts.toml layout (`<host>/hosts.toml`): mirrors,
+    /// plain HTTP, TLS settings. Point it at `/etc/containerd/certs.d` to share
+    /// containerd's.
+    pub config_path: Option<PathBuf>,
+    /// Credentials per registry host, used when a pull request carries none.
+    pub auths: BTreeMap<String, Credentials>,
+}
+
+/// CNI network configuration.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CniConfig {
+    /// Directory of network configurations; the lexically first one is used.
+    pub conf_dir: PathBuf,
+    /// Directories searched for plugin binaries, in order.
+    pub bin_dirs: Vec<PathBuf>,
+    /// Where plugin results are cached (libcni's layout).
+    pub cache_dir: PathBuf,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            root: "/var/lib/crust".into(),
+            state: "/run/crust".into(),
+            listen: "/run/crust/crust.sock".into(),
+            log_level: "info".into(),
+            log_format: LogFormat::Text,
+            cgroup_driver: CgroupDriver::Cgroupfs,
+            registry: RegistryConfig {
+                config_path: Some("/etc/crust/certs.d".into()),
+                auths: BTreeMap::new(),
+            },
+            cni: CniConfig::default(),
+        }
+    }
+}
+
+impl Default for CniConfig {
+    fn default() -> Self {
+        CniConfig {
+            conf_dir: "/etc/cni/net.d".into(),
+            bin_dirs: vec!["/opt/cni/bin".into(), "/usr/lib/cni".into()],
+            cache_dir: "/var/lib/cni".into(),
+        }
+    }
+}
+
+/// The default configuration as a commented TOML file: what `crustd config default` prints.
+pub const DEFAULT_CONFIG_TOML: &str = r#"# crustd configuration. Every key is optional; these are the defaults.
+# Command-line flags (--root, --state, --listen, --log-level, --log-format) override them.
+
+# Persistent data: the metadata store, unpacked image layers, containers' writable layers.
+root = "/var/lib/crust"
+
+# Runtime state, best on tmpfs: bundles, rootfs mountpoints, monitor sockets, pinned netns.
+state = "/run/crust"
+
+# The CRI socket (mode 0660) for kubelet (--container-runtime-endpoint
+# unix:///run/crust/crust.sock) and crictl.
+listen = "/run/crust/crust.sock"
+
+# error, warn, info, debug or trace; debug logs every RPC with its duration and code.
+# Any tracing filter directive works too, e.g. "info,crust_image=debug".
+log_level = "info"
+
+# "text" for people, "json" for log collectors.
+log_format = "text"
+
+# The cgroup driver kubelet must use with crust: "cgroupfs" or "systemd".
+cgroup_driver = "cgroupfs"
+
+[registry]
+# Registry hosts in containerd's hosts.toml layout: one directory per registry host
+# (certs.d/<host>/hosts.toml) with `server`, mirror `[host."..."]` entries and their
+# capabilities, `skip_verify` and `ca` files. Set it to /etc/containerd/certs.d to use
+# containerd's tree unchanged. Registries on loopback addresses use plain HTTP.
+config_path = "/etc/crust/certs.d"
+
+# Credentials per registry host, used when kubelet sends none:
+# [registry.auths."registry.example.com"]
+# username = "me"
+# password = "secret"
+# auth = "base64(user:password)"   # instead of username/password
+# identity_token = "..."
+# registry_token = "..."
+
+[cni]
+# Network configurations (.conf, .conflist, .json); the lexically first one is used
+# and changes are picked up without a restart.
+conf_dir = "/etc/cni/net.d"
+# Plugin binaries, searched in order (Debian's containernetworking-plugins install
+# into /usr/lib/cni).
+bin_dirs = ["/opt/cni/bin", "/usr/lib/cni"]
+# Plugin results, in libcni's layout, so DEL gets what ADD returned.
+cache_dir = "/var/lib/cni"
+"#;
+
+impl Config {
+    /// Reads `path`; a missing file means defaults unless `required`.
+    pub fn load(path: &Path, required: bool) -> anyhow::Result<Config> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {
+                return Ok(Config::default());
+            }
+            Err(e) => return Err(e).with_context(|| format!("read config {}", path.display())),
+        };
+        let config = Self::parse(&text).with_context(|| format!("config {}", path.display()))?;
+        Ok(config)
+    }
+
+    /// Parses and validates TOML text.
+    pub fn parse(text: &str) -> anyhow::Result<Config> {
+        let config: Config =
+            toml::from_str(text).map_err(|e| anyhow::anyhow!("{}", e.to_string().trim_end()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Refuses values that parse but cannot work.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        for (key, path) in [
+            ("root", &self.root),
+            ("state", &self.state),
+            ("listen", &self.listen),
+        ] {
+            if !path.is_absolute() {
+                bail!("{key}: {path:?} is not an absolute path");
+            }
+        }
+        if self.root == self.state {
+            bail!("root and state: must be different directories");
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log_level) {
+            bail!("log_level: {:?}: {e}", self.log_level);
+        }
+        if !self.cni.conf_dir.is_absolute() {
+            bail!(
+                "cni.conf_dir: {:?} is not an absolute path",
+                self.cni.conf_dir
+            );
+        }
+        if let Some(p) = self.cni.bin_dirs.iter().find(|p| !p.is_absolute()) {
+            bail!("cni.bin_dirs: {p:?} is not an absolute path");
+        }
+        for (host, creds) in &self.registry.auths {
+            if creds.is_empty() {
+                bail!("registry.auths.{host:?}: no credentials given");
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn documented_defaults_are_the_defaults() {
+        assert_eq!(
+            Config::parse(DEFAULT_CONFIG_TOML).unwrap(),
+            Config::default()
+        );
+        assert_eq!(Config::parse("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let e = Config::parse("rooot = \"/x\"").unwrap_err().to_string();
+        assert!(e.contains("rooot"), "{e}");
+        let e = Config::parse("[registry]\nmirrors = 1")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("mirrors"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let e = Config::parse("cgroup_driver = \"cgroupv3\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cgroup_driver"), "{e}");
+        let e = Config::parse("root = \"relative\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("root"), "{e}");
+        let e = Config::parse("log_level = \"loud[\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("log_level"), "{e}");
+        let e = Config::parse("[registry.auths.\"r.example\"]\nuser = \"x\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("user"), "{e}");
+    }
+
+    #[test]
+    fn credentials_parse() {
+        let c = Config::parse("[registry.auths.\"r.example\"]\nusername = \"u\"\npassword = \"p\"")
+            .unwrap();
+        assert_eq!(c.registry.auths["r.example"].username, "u");
+    }
+}

@@ -1,0 +1,63 @@
+//! Domain records to CRI messages.
+
+use crust_image::ImageRecord;
+use crust_proto::cri;
+
+/// The user an image's config names: a numeric uid, or a user name.
+pub fn image_user(config: &serde_json::Value) -> (Option<i64>, String) {
+    let user = config
+        .pointer("/config/User")
+        .and_then(|u| u.as_str())
+        .unwrap_or("");
+    // "user:group" names the group after the colon; only the user part matters here.
+    let user = user.split(':').next().unwrap_or("");
+    if user.is_empty() {
+        return (None, String::new());
+    }
+    match user.parse::<i64>() {
+        Ok(uid) => (Some(uid), String::new()),
+        Err(_) => (None, user.to_string()),
+    }
+}
+
+/// An image record as CRI's `Image`.
+pub fn image(record: &ImageRecord) -> cri::Image {
+    let (uid, username) = image_user(&record.config_json());
+    cri::Image {
+        id: record.id.clone(),
+        repo_tags: record.repo_tags.clone(),
+        repo_digests: record.repo_digests.clone(),
+        size: record.size,
+        uid: uid.map(|value| cri::Int64Value { value }),
+        username,
+        spec: Some(cri::ImageSpec {
+            image: record.id.clone(),
+            ..Default::default()
+        }),
+        pinned: record.pinned,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn image_users() {
+        assert_eq!(
+            image_user(&json!({"config": {"User": "1000"}})),
+            (Some(1000), String::new())
+        );
+        assert_eq!(
+            image_user(&json!({"config": {"User": "1000:2000"}})),
+            (Some(1000), String::new())
+        );
+        assert_eq!(
+            image_user(&json!({"config": {"User": "app:grp"}})),
+            (None, "app".into())
+        );
+        assert_eq!(image_user(&json!({"config": {}})), (None, String::new()));
+        assert_eq!(image_user(&json!({})), (None, String::new()));
+    }
+}

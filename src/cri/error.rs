@@ -1,0 +1,19 @@
+//! The one place where domain errors become gRPC statuses.
+
+use crust_image::{ErrorKind as ImageKind, ImageError};
+use tonic::{Code, Status};
+
+/// Maps an image error to the status kubelet and crictl expect.
+pub fn image_status(e: &ImageError) -> Status {
+    let code = match e.kind() {
+        ImageKind::NotFound => Code::NotFound,
+        ImageKind::InvalidArgument => Code::InvalidArgument,
+        ImageKind::FailedPrecondition => Code::FailedPrecondition,
+        ImageKind::Unavailable => Code::Unavailable,
+        ImageKind::DeadlineExceeded => Code::DeadlineExceeded,
+        ImageKind::Cancelled => Code::Cancelled,
+        ImageKind::PermissionDenied => Code::PermissionDenied,
+        ImageKind::Internal => Code::Internal,
+    };
+    Status::new(code, e.to_string())
+}

@@ -1,0 +1,51 @@
+//! PullImage.
+
+use crust_image::Credentials;
+use crust_proto::cri;
+use tonic::{Request, Status};
+
+use super::{Cri, error, instrument};
+
+impl Cri {
+    pub(super) async fn pull_image(
+        &self,
+        request: Request<cri::PullImageRequest>,
+    ) -> Result<tonic::Response<cri::PullImageResponse>, Status> {
+        let deadline = instrument::deadline_of(&request);
+        let req = request.into_inner();
+        instrument::instrument("PullImage", async {
+            let services = self.services()?;
+            let reference = req
+                .image
+                .as_ref()
+                .map(|i| i.image.clone())
+                .filter(|i| !i.is_empty())
+                .ok_or_else(|| Status::invalid_argument("image: no reference given"))?;
+            let auth = req.auth.map(|a| Credentials {
+                username: a.username,
+                password: a.password,
+                auth: a.auth,
+                identity_token: a.identity_token,
+                registry_token: a.registry_token,
+            });
+            let images = services.images.clone();
+            let outcome = instrument::detached_cancellable(deadline, move |cancel| async move {
+                images
+                    .pull(&reference, auth.as_ref(), cancel)
+                    .await
+                    .map_err(|e| error::image_status(&e))
+            })
+            .await?;
+            tracing::info!(
+                image = %outcome.image.id,
+                names = ?outcome.image.repo_tags,
+                bytes = outcome.bytes_downloaded,
+                "pulled"
+            );
+            Ok(cri::PullImageResponse {
+                image_ref: outcome.image.id.clone(),
+            })
+        })
+        .await
+    }
+}

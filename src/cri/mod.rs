@@ -1,0 +1,313 @@
+//! The CRI gRPC services: thin handlers that validate, call the domain crates and map
+//! errors. One file per RPC or small group of RPCs.
+
+mod convert;
+mod error;
+mod image_pull;
+mod image_query;
+pub mod instrument;
+mod runtime_info;
+
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+
+use crust_image::ImageService;
+use crust_proto::cri;
+use tonic::{Request, Response, Status};
+
+use crate::config::Config;
+use crate::network::NetworkState;
+
+/// Nanoseconds since the epoch, now.
+pub fn now_nanos() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+/// Everything the handlers use, available once start-up recovery has finished.
+pub struct Services {
+    /// The daemon's configuration.
+    pub config: Arc<Config>,
+    /// Images on this node.
+    pub images: Arc<ImageService>,
+    /// Whether pod networking is configured.
+    pub network: Arc<NetworkState>,
+}
+
+/// The CRI server: RuntimeService and ImageService over one set of [`Services`].
+#[derive(Clone)]
+pub struct Cri {
+    services: Arc<OnceLock<Arc<Services>>>,
+}
+
+impl Cri {
+    /// A server that answers Unavailable until [`Cri::set_ready`] is called.
+    pub fn new() -> Self {
+        Cri {
+            services: Arc::new(OnceLock::new()),
+        }
+    }
+
+    /// Starts serving: recovery has finished.
+    pub fn set_ready(&self, services: Arc<Services>) {
+        let _ = self.services.set(services);
+    }
+
+    fn services(&self) -> Result<Arc<Services>, Status> {
+        self.services
+            .get()
+            .cloned()
+            .ok_or_else(|| Status::unavailable("crust is starting: recovery has not finished"))
+    }
+}
+
+fn not_yet(rpc: &str, issue: &str) -> Status {
+    Status::unimplemented(format!(
+        "{rpc} is not supported by this crust version yet ({issue})"
+    ))
+}
+
+type EventStream =
+    Pin<Box<dyn tokio_stream::Stream<Item = Result<cri::ContainerEventResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl cri::runtime_service_server::RuntimeService for Cri {
+    async fn version(
+        &self,
+        r: Request<cri::VersionRequest>,
+    ) -> Result<Response<cri::VersionResponse>, Status> {
+        Cri::version(self, r).await
+    }
+    async fn status(
+        &self,
+        r: Request<cri::StatusRequest>,
+    ) -> Result<Response<cri::StatusResponse>, Status> {
+        Cri::status(self, r).await
+    }
+    async fn runtime_config(
+        &self,
+        r: Request<cri::RuntimeConfigRequest>,
+    ) -> Result<Response<cri::RuntimeConfigResponse>, Status> {
+        Cri::runtime_config(self, r).await
+    }
+    async fn update_runtime_config(
+        &self,
+        _r: Request<cri::UpdateRuntimeConfigRequest>,
+    ) -> Result<Response<cri::UpdateRuntimeConfigResponse>, Status> {
+        // kubelet sends the pod CIDR here; CNI plugins get theirs from their own config.
+        instrument::instrument("UpdateRuntimeConfig", async {
+            self.services()?;
+            Ok(cri::UpdateRuntimeConfigResponse {})
+        })
+        .await
+    }
+    async fn run_pod_sandbox(
+        &self,
+        _r: Request<cri::RunPodSandboxRequest>,
+    ) -> Result<Response<cri::RunPodSandboxResponse>, Status> {
+        Err(not_yet("RunPodSandbox", "pod sandboxes"))
+    }
+    async fn stop_pod_sandbox(
+        &self,
+        _r: Request<cri::StopPodSandboxRequest>,
+    ) -> Result<Response<cri::StopPodSandboxResponse>, Status> {
+        Err(not_yet("StopPodSandbox", "pod sandboxes"))
+    }
+    async fn remove_pod_sandbox(
+        &self,
+        _r: Request<cri::RemovePodSandboxRequest>,
+    ) -> Result<Response<cri::RemovePodSandboxResponse>, Status> {
+        Err(not_yet("RemovePodSandbox", "pod sandboxes"))
+    }
+    async fn pod_sandbox_status(
+        &self,
+        _r: Request<cri::PodSandboxStatusRequest>,
+    ) -> Result<Response<cri::PodSandboxStatusResponse>, Status> {
+        Err(not_yet("PodSandboxStatus", "pod sandboxes"))
+    }
+    async fn list_pod_sandbox(
+        &self,
+        _r: Request<cri::ListPodSandboxRequest>,
+    ) -> Result<Response<cri::ListPodSandboxResponse>, Status> {
+        Err(not_yet("ListPodSandbox", "pod sandboxes"))
+    }
+    async fn create_container(
+        &self,
+        _r: Request<cri::CreateContainerRequest>,
+    ) -> Result<Response<cri::CreateContainerResponse>, Status> {
+        Err(not_yet("CreateContainer", "containers"))
+    }
+    async fn start_container(
+        &self,
+        _r: Request<cri::StartContainerRequest>,
+    ) -> Result<Response<cri::StartContainerResponse>, Status> {
+        Err(not_yet("StartContainer", "containers"))
+    }
+    async fn stop_container(
+        &self,
+        _r: Request<cri::StopContainerRequest>,
+    ) -> Result<Response<cri::StopContainerResponse>, Status> {
+        Err(not_yet("StopContainer", "containers"))
+    }
+    async fn remove_container(
+        &self,
+        _r: Request<cri::RemoveContainerRequest>,
+    ) -> Result<Response<cri::RemoveContainerResponse>, Status> {
+        Err(not_yet("RemoveContainer", "containers"))
+    }
+    async fn list_containers(
+        &self,
+        _r: Request<cri::ListContainersRequest>,
+    ) -> Result<Response<cri::ListContainersResponse>, Status> {
+        Err(not_yet("ListContainers", "containers"))
+    }
+    async fn container_status(
+        &self,
+        _r: Request<cri::ContainerStatusRequest>,
+    ) -> Result<Response<cri::ContainerStatusResponse>, Status> {
+        Err(not_yet("ContainerStatus", "containers"))
+    }
+    async fn update_container_resources(
+        &self,
+        _r: Request<cri::UpdateContainerResourcesRequest>,
+    ) -> Result<Response<cri::UpdateContainerResourcesResponse>, Status> {
+        Err(not_yet("UpdateContainerResources", "containers"))
+    }
+    async fn reopen_container_log(
+        &self,
+        _r: Request<cri::ReopenContainerLogRequest>,
+    ) -> Result<Response<cri::ReopenContainerLogResponse>, Status> {
+        Err(not_yet("ReopenContainerLog", "containers"))
+    }
+    async fn exec_sync(
+        &self,
+        _r: Request<cri::ExecSyncRequest>,
+    ) -> Result<Response<cri::ExecSyncResponse>, Status> {
+        Err(not_yet("ExecSync", "containers"))
+    }
+    async fn exec(
+        &self,
+        _r: Request<cri::ExecRequest>,
+    ) -> Result<Response<cri::ExecResponse>, Status> {
+        Err(not_yet("Exec", "streaming"))
+    }
+    async fn attach(
+        &self,
+        _r: Request<cri::AttachRequest>,
+    ) -> Result<Response<cri::AttachResponse>, Status> {
+        Err(not_yet("Attach", "streaming"))
+    }
+    async fn port_forward(
+        &self,
+        _r: Request<cri::PortForwardRequest>,
+    ) -> Result<Response<cri::PortForwardResponse>, Status> {
+        Err(not_yet("PortForward", "streaming"))
+    }
+    async fn container_stats(
+        &self,
+        _r: Request<cri::ContainerStatsRequest>,
+    ) -> Result<Response<cri::ContainerStatsResponse>, Status> {
+        Err(not_yet("ContainerStats", "stats"))
+    }
+    async fn list_container_stats(
+        &self,
+        _r: Request<cri::ListContainerStatsRequest>,
+    ) -> Result<Response<cri::ListContainerStatsResponse>, Status> {
+        Err(not_yet("ListContainerStats", "stats"))
+    }
+    async fn pod_sandbox_stats(
+        &self,
+        _r: Request<cri::PodSandboxStatsRequest>,
+    ) -> Result<Response<cri::PodSandboxStatsResponse>, Status> {
+        Err(not_yet("PodSandboxStats", "stats"))
+    }
+    async fn list_pod_sandbox_stats(
+        &self,
+        _r: Request<cri::ListPodSandboxStatsRequest>,
+    ) -> Result<Response<cri::ListPodSandboxStatsResponse>, Status> {
+        Err(not_yet("ListPodSandboxStats", "stats"))
+    }
+    async fn checkpoint_container(
+        &self,
+        _r: Request<cri::CheckpointContainerRequest>,
+    ) -> Result<Response<cri::CheckpointContainerResponse>, Status> {
+        Err(Status::unimplemented(
+            "CheckpointContainer: checkpointing is not supported by crust",
+        ))
+    }
+    type GetContainerEventsStream = EventStream;
+    async fn get_container_events(
+        &self,
+        _r: Request<cri::GetEventsRequest>,
+    ) -> Result<Response<Self::GetContainerEventsStream>, Status> {
+        Err(not_yet("GetContainerEvents", "events"))
+    }
+    async fn list_metric_descriptors(
+        &self,
+        _r: Request<cri::ListMetricDescriptorsRequest>,
+    ) -> Result<Response<cri::ListMetricDescriptorsResponse>, Status> {
+        Err(not_yet("ListMetricDescriptors", "stats"))
+    }
+    async fn list_pod_sandbox_metrics(
+        &self,
+        _r: Request<cri::ListPodSandboxMetricsRequest>,
+    ) -> Result<Response<cri::ListPodSandboxMetricsResponse>, Status> {
+        Err(not_yet("ListPodSandboxMetrics", "stats"))
+    }
+}
+
+#[tonic::async_trait]
+impl cri::image_service_server::ImageService for Cri {
+    async fn list_images(
+        &self,
+        r: Request<cri::ListImagesRequest>,
+    ) -> Result<Response<cri::ListImagesResponse>, Status> {
+        Cri::list_images(self, r).await
+    }
+    async fn image_status(
+        &self,
+        r: Request<cri::ImageStatusRequest>,
+    ) -> Result<Response<cri::ImageStatusResponse>, Status> {
+        Cri::image_status(self, r).await
+    }
+    async fn pull_image(
+        &self,
+        r: Request<cri::PullImageRequest>,
+    ) -> Result<Response<cri::PullImageResponse>, Status> {
+        Cri::pull_image(self, r).await
+    }
+    async fn remove_image(
+        &self,
+        r: Request<cri::RemoveImageRequest>,
+    ) -> Result<Response<cri::RemoveImageResponse>, Status> {
+        Cri::remove_image(self, r).await
+    }
+    async fn image_fs_info(
+        &self,
+        r: Request<cri::ImageFsInfoRequest>,
+    ) -> Result<Response<cri::ImageFsInfoResponse>, Status> {
+        Cri::image_fs_info(self, r).await
+    }
+}
+
+/// The two gRPC services, ready to add to a server.
+pub fn services(
+    cri: Cri,
+) -> (
+    cri::runtime_service_server::RuntimeServiceServer<Cri>,
+    cri::image_service_server::ImageServiceServer<Cri>,
+) {
+    // CRI messages (ListContainers with hundreds of containers, verbose statuses) can
+    // exceed tonic's 4 MiB default; containerd allows 16 MiB.
+    const MAX: usize = 16 * 1024 * 1024;
+    (
+        cri::runtime_service_server::RuntimeServiceServer::new(cri.clone())
+            .max_decoding_message_size(MAX)
+            .max_encoding_message_size(MAX),
+        cri::image_service_server::ImageServiceServer::new(cri)
+            .max_decoding_message_size(MAX)
+            .max_encoding_message_size(MAX),
+    )
+}

@@ -1,0 +1,99 @@
+//! Version, Status and RuntimeConfig.
+
+use std::collections::HashMap;
+
+use crust_proto::cri;
+use tonic::{Request, Response, Status};
+
+use super::{Cri, instrument};
+use crate::config::CgroupDriver;
+
+/// The CRI version string kubelet insists on.
+const CRI_VERSION: &str = "0.1.0";
+
+impl Cri {
+    pub(super) async fn version(
+        &self,
+        _request: Request<cri::VersionRequest>,
+    ) -> Result<Response<cri::VersionResponse>, Status> {
+        instrument::instrument("Version", async {
+            self.services()?;
+            Ok(cri::VersionResponse {
+                version: CRI_VERSION.into(),
+                runtime_name: "crust".into(),
+                runtime_version: env!("CARGO_PKG_VERSION").into(),
+                runtime_api_version: "v1".into(),
+            })
+        })
+        .await
+    }
+
+    pub(super) async fn status(
+        &self,
+        request: Request<cri::StatusRequest>,
+    ) -> Result<Response<cri::StatusResponse>, Status> {
+        instrument::instrument("Status", async {
+            let services = self.services()?;
+            let runtime = cri::RuntimeCondition {
+                r#type: "RuntimeReady".into(),
+                status: true,
+                reason: String::new(),
+                message: String::new(),
+            };
+            let network = match services.network.ready() {
+                Ok(()) => cri::RuntimeCondition {
+                    r#type: "NetworkReady".into(),
+                    status: true,
+                    reason: String::new(),
+                    message: String::new(),
+                },
+                Err(message) => cri::RuntimeCondition {
+                    r#type: "NetworkReady".into(),
+                    status: false,
+                    reason: "NetworkPluginNotReady".into(),
+                    message: format!("network plugin not ready: {message}"),
+                },
+            };
+            let mut info = HashMap::new();
+            if request.into_inner().verbose {
+                let config = serde_json::json!({
+                    "root": services.config.root,
+                    "state": services.config.state,
+                    "cgroupDriver": format!("{:?}", services.config.cgroup_driver).to_lowercase(),
+                    "cniConfDir": services.config.cni.conf_dir,
+                    "cniBinDirs": services.config.cni.bin_dirs,
+                    "registryConfigPath": services.config.registry.config_path,
+                });
+                info.insert("config".to_string(), config.to_string());
+            }
+            Ok(cri::StatusResponse {
+                status: Some(cri::RuntimeStatus {
+                    conditions: vec![runtime, network],
+                }),
+                info,
+                runtime_handlers: Vec::new(),
+                features: None,
+            })
+        })
+        .await
+    }
+
+    pub(super) async fn runtime_config(
+        &self,
+        _request: Request<cri::RuntimeConfigRequest>,
+    ) -> Result<Response<cri::RuntimeConfigResponse>, Status> {
+        instrument::instrument("RuntimeConfig", async {
+            let services = self.services()?;
+            let driver = match services.config.cgroup_driver {
+                CgroupDriver::Cgroupfs => cri::CgroupDriver::Cgroupfs,
+                CgroupDriver::Systemd => cri::CgroupDriver::Systemd,
+            };
+            Ok(cri::RuntimeConfigResponse {
+                linux: Some(cri::LinuxRuntimeConfiguration {
+                    cgroup_driver: driver as i32,
+                }),
+            })
+        })
+        .await
+    }
+}

@@ -1,0 +1,13 @@
+//! Support code shared by the end-to-end tests.
+//!
+//! Every test binary in `tests/` includes this tree with `mod support;`, and each one
+//! uses a different part of it, so dead-code warnings are silenced for the whole tree.
+//!
+//! - [`registry`] runs Debian's `docker-registry` on a loopback port, one per test.
+//! - [`oci`] builds images in memory (layers, configs, manifests, indexes) and pushes
+//!   them to such a registry.
+#![allow(dead_code)]
+
+pub mod crustd;
+pub mod oci;
+pub mod registry;
