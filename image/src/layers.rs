@@ -56,7 +56,8 @@ fn hex_of(diff_id: &str) -> &str {
 impl LayerStore {
     /// Opens the store in `dir`, removing what an interrupted unpack or delete left.
     pub fn open(dir: PathBuf, db: Arc<Database>) -> Result<Self> {
-        fs::create_dir_all(&dir).map_err(|e| ImageError::io(format!("create {}", dir.display()), e))?;
+        fs::create_dir_all(&dir)
+            .map_err(|e| ImageError::io(format!("create {}", dir.display()), e))?;
         let mut layers = HashMap::new();
         {
             let txn = db.begin_write()?;
@@ -70,7 +71,9 @@ impl LayerStore {
                     Ok(info) => {
                         layers.insert(info.diff_id.clone(), info);
                     }
-                    Err(e) => tracing::warn!(diff_id = key.value(), error = %e, "unreadable layer record"),
+                    Err(e) => {
+                        tracing::warn!(diff_id = key.value(), error = %e, "unreadable layer record")
+                    }
                 }
             }
         }
@@ -106,7 +109,10 @@ impl LayerStore {
             .cloned()
             .collect();
         if !missing.is_empty() {
-            tracing::warn!(?missing, "layer records without a directory; forgetting them");
+            tracing::warn!(
+                ?missing,
+                "layer records without a directory; forgetting them"
+            );
             self.delete_records(&missing)?;
         }
         Ok(())
@@ -167,8 +173,13 @@ impl LayerStore {
 
     /// A fresh, empty directory to unpack `diff_id` into.
     pub(crate) fn temp_dir(&self, diff_id: &str) -> Result<PathBuf> {
-        let path = self.dir.join(format!("tmp-{}-{:016x}", &hex_of(diff_id)[..12.min(hex_of(diff_id).len())], rand::random::<u64>()));
-        fs::create_dir(&path).map_err(|e| ImageError::io(format!("create {}", path.display()), e))?;
+        let path = self.dir.join(format!(
+            "tmp-{}-{:016x}",
+            &hex_of(diff_id)[..12.min(hex_of(diff_id).len())],
+            rand::random::<u64>()
+        ));
+        fs::create_dir(&path)
+            .map_err(|e| ImageError::io(format!("create {}", path.display()), e))?;
         Ok(path)
     }
 
@@ -183,8 +194,12 @@ impl LayerStore {
         if dest.exists() {
             remove_tree(&dest);
         }
-        fs::rename(temp, &dest)
-            .map_err(|e| ImageError::io(format!("rename {} to {}", temp.display(), dest.display()), e))?;
+        fs::rename(temp, &dest).map_err(|e| {
+            ImageError::io(
+                format!("rename {} to {}", temp.display(), dest.display()),
+                e,
+            )
+        })?;
         let info = LayerInfo {
             diff_id: diff_id.to_string(),
             bytes,
@@ -193,7 +208,8 @@ impl LayerStore {
         };
         let encoded = serde_json::to_vec(&info).map_err(|e| ImageError::Store(e.to_string()))?;
         let txn = self.db.begin_write()?;
-        txn.open_table(LAYERS)?.insert(diff_id, encoded.as_slice())?;
+        txn.open_table(LAYERS)?
+            .insert(diff_id, encoded.as_slice())?;
         txn.commit()?;
         lock(&self.layers).insert(diff_id.to_string(), info);
         Ok(())
@@ -215,10 +231,14 @@ impl LayerStore {
         self.delete_records(&doomed)?;
         for id in &doomed {
             let path = self.path(id);
-            let trash = self.dir.join(format!("tmp-del-{:016x}", rand::random::<u64>()));
+            let trash = self
+                .dir
+                .join(format!("tmp-del-{:016x}", rand::random::<u64>()));
             match fs::rename(&path, &trash) {
                 Ok(()) => remove_tree(&trash),
-                Err(e) => tracing::warn!(layer = %id, error = %e, "cannot move layer away for deletion"),
+                Err(e) => {
+                    tracing::warn!(layer = %id, error = %e, "cannot move layer away for deletion")
+                }
             }
         }
         Ok(doomed)
@@ -318,7 +338,10 @@ mod tests {
         }
         let s = store(tmp.path());
         assert!(s.contains(A));
-        let names: Vec<_> = fs::read_dir(s.dir()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let names: Vec<_> = fs::read_dir(s.dir())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(names, vec![std::ffi::OsString::from(hex_of(A))]);
     }
 }

@@ -26,10 +26,10 @@ use tokio_util::sync::CancellationToken;
 pub use error::{ErrorKind, ImageError, Result};
 use layers::LayerStore;
 use reference::{ImageRef, is_image_id};
-pub use registry::{Credentials, RegistryOptions};
 use registry::Registries;
-pub use store::{ImageRecord, LayerRef};
+pub use registry::{Credentials, RegistryOptions};
 use store::ImageIndex;
+pub use store::{ImageRecord, LayerRef};
 
 /// Nanoseconds since the epoch, now.
 pub(crate) fn now_nanos() -> i64 {
@@ -144,13 +144,19 @@ impl ImageService {
             (None, Some(e)) => return Err(e),
             (None, None) => return Err(ImageError::NotFound(name)),
         };
-        let lease = self.layers.lease(resolved.layers.iter().map(|l| l.diff_id.clone()));
+        let lease = self
+            .layers
+            .lease(resolved.layers.iter().map(|l| l.diff_id.clone()));
         let fetched = pull::fetch_layers(&self.layers, &name, &resolved, &cancel).await;
         let outcome = match fetched {
-            Ok(bytes) if !cancel.is_cancelled() => self.commit(&image, resolved).await.map(|image| PullOutcome {
-                image,
-                bytes_downloaded: bytes,
-            }),
+            Ok(bytes) if !cancel.is_cancelled() => {
+                self.commit(&image, resolved)
+                    .await
+                    .map(|image| PullOutcome {
+                        image,
+                        bytes_downloaded: bytes,
+                    })
+            }
             Ok(_) => Err(ImageError::Cancelled(name)),
             Err(e) => Err(e),
         };
@@ -166,7 +172,8 @@ impl ImageService {
     }
 
     async fn commit(&self, image: &ImageRef, resolved: pull::Resolved) -> Result<Arc<ImageRecord>> {
-        let size = resolved.config.len() as u64 + resolved.layers.iter().map(|l| l.size).sum::<u64>();
+        let size =
+            resolved.config.len() as u64 + resolved.layers.iter().map(|l| l.size).sum::<u64>();
         let mut names = Vec::new();
         if image.tag().is_some() {
             names.push(image.to_string());
@@ -177,7 +184,12 @@ impl ImageService {
             let index = self.read();
             let mut record = match index.by_id.get(&resolved.config_digest) {
                 Some(existing) => (**existing).clone(),
-                None => ImageRecord::new(resolved.config_digest.clone(), resolved.layers.clone(), resolved.config.clone(), size),
+                None => ImageRecord::new(
+                    resolved.config_digest.clone(),
+                    resolved.layers.clone(),
+                    resolved.config.clone(),
+                    size,
+                ),
             };
             for tag in &names {
                 if !record.repo_tags.contains(tag) {
@@ -220,7 +232,11 @@ impl ImageService {
     pub fn resolve(&self, name: &str) -> Option<Arc<ImageRecord>> {
         let index = self.read();
         if is_image_id(name) {
-            let id = if name.starts_with("sha256:") { name.to_string() } else { format!("sha256:{name}") };
+            let id = if name.starts_with("sha256:") {
+                name.to_string()
+            } else {
+                format!("sha256:{name}")
+            };
             return index.by_id.get(&id).cloned();
         }
         let normalized = ImageRef::parse(name).ok()?.to_string();
@@ -241,7 +257,11 @@ impl ImageService {
             return Ok(());
         };
         let by_id = is_image_id(name);
-        let normalized = if by_id { None } else { ImageRef::parse(name).ok().map(|r| r.to_string()) };
+        let normalized = if by_id {
+            None
+        } else {
+            ImageRef::parse(name).ok().map(|r| r.to_string())
+        };
         let mut updated = (*record).clone();
         if let Some(n) = &normalized {
             updated.repo_tags.retain(|t| t != n);

@@ -113,9 +113,15 @@ pub(crate) fn host_platform() -> (&'static str, Option<&'static str>) {
 
 /// Picks this host's entry from an index: linux, our architecture, and the variant when
 /// both sides name one (arm64 entries often omit `v8`).
-pub(crate) fn choose_platform<'a>(entries: &'a [Descriptor], arch: &str, variant: Option<&str>) -> Option<&'a Descriptor> {
+pub(crate) fn choose_platform<'a>(
+    entries: &'a [Descriptor],
+    arch: &str,
+    variant: Option<&str>,
+) -> Option<&'a Descriptor> {
     let candidates = entries.iter().filter(|d| {
-        d.platform.as_ref().is_some_and(|p| p.os == "linux" && p.architecture == arch)
+        d.platform
+            .as_ref()
+            .is_some_and(|p| p.os == "linux" && p.architecture == arch)
     });
     let mut fallback = None;
     for d in candidates {
@@ -169,31 +175,40 @@ async fn fetch_manifest(
 }
 
 /// Resolves `image` through `route` down to a config and a layer list.
-pub(crate) async fn resolve(image: &ImageRef, route: Route, auth: &RegistryAuth) -> Result<Resolved> {
+pub(crate) async fn resolve(
+    image: &ImageRef,
+    route: Route,
+    auth: &RegistryAuth,
+) -> Result<Resolved> {
     let (bytes, top_digest) = fetch_manifest(image, &route, &route.reference, auth).await?;
-    let mut doc: ManifestDoc =
-        serde_json::from_slice(&bytes).map_err(|e| bad(image, format!("manifest {top_digest}: {e}")))?;
+    let mut doc: ManifestDoc = serde_json::from_slice(&bytes)
+        .map_err(|e| bad(image, format!("manifest {top_digest}: {e}")))?;
     if doc.schema_version == Some(1) {
         return Err(bad(image, "docker schema 1 manifests are not supported"));
     }
     if let Some(entries) = doc.manifests.take() {
         let (arch, variant) = host_platform();
-        let entry = choose_platform(&entries, arch, variant).ok_or_else(|| {
-            ImageError::Registry {
+        let entry =
+            choose_platform(&entries, arch, variant).ok_or_else(|| ImageError::Registry {
                 reference: image.to_string(),
                 message: format!("index {top_digest} has no manifest for linux/{arch}"),
                 kind: ErrorKind::NotFound,
-            }
-        })?;
+            })?;
         if !is_sha256_digest(&entry.digest) {
-            return Err(bad(image, format!("index {top_digest}: bad digest {:?}", entry.digest)));
+            return Err(bad(
+                image,
+                format!("index {top_digest}: bad digest {:?}", entry.digest),
+            ));
         }
         let child = route.reference.clone_with_digest(entry.digest.clone());
         let (bytes, _) = fetch_manifest(image, &route, &child, auth).await?;
         doc = serde_json::from_slice(&bytes)
             .map_err(|e| bad(image, format!("manifest {}: {e}", entry.digest)))?;
         if doc.manifests.is_some() {
-            return Err(bad(image, format!("manifest {}: an index inside an index", entry.digest)));
+            return Err(bad(
+                image,
+                format!("manifest {}: an index inside an index", entry.digest),
+            ));
         }
     }
     if let Some(mt) = doc.media_type.as_deref()
@@ -206,7 +221,10 @@ pub(crate) async fn resolve(image: &ImageRef, route: Route, auth: &RegistryAuth)
         return Err(bad(image, "manifest has no config or no layers"));
     };
     if !is_sha256_digest(&config.digest) {
-        return Err(bad(image, format!("config has a bad digest {:?}", config.digest)));
+        return Err(bad(
+            image,
+            format!("config has a bad digest {:?}", config.digest),
+        ));
     }
     let mut config_bytes = Vec::new();
     route
@@ -214,12 +232,14 @@ pub(crate) async fn resolve(image: &ImageRef, route: Route, auth: &RegistryAuth)
         .pull_blob(&route.reference, config.digest.as_str(), &mut config_bytes)
         .await
         .map_err(|e| match e {
-            oci_client::errors::OciDistributionError::DigestError(_) => ImageError::DigestMismatch {
-                reference: image.to_string(),
-                what: "config",
-                expected: config.digest.clone(),
-                actual: "other content".into(),
-            },
+            oci_client::errors::OciDistributionError::DigestError(_) => {
+                ImageError::DigestMismatch {
+                    reference: image.to_string(),
+                    what: "config",
+                    expected: config.digest.clone(),
+                    actual: "other content".into(),
+                }
+            }
             e => registry_error(&image.to_string(), &route.endpoint, e),
         })?;
     let actual = sha256_of(&config_bytes);
@@ -233,8 +253,8 @@ pub(crate) async fn resolve(image: &ImageRef, route: Route, auth: &RegistryAuth)
     }
     let config_text =
         String::from_utf8(config_bytes).map_err(|_| bad(image, "config is not utf-8"))?;
-    let parsed: ConfigDoc =
-        serde_json::from_str(&config_text).map_err(|e| bad(image, format!("config {}: {e}", config.digest)))?;
+    let parsed: ConfigDoc = serde_json::from_str(&config_text)
+        .map_err(|e| bad(image, format!("config {}: {e}", config.digest)))?;
     if parsed.rootfs.diff_ids.len() != layers.len() {
         return Err(bad(
             image,
@@ -248,10 +268,19 @@ pub(crate) async fn resolve(image: &ImageRef, route: Route, auth: &RegistryAuth)
     let mut layer_refs = Vec::with_capacity(layers.len());
     for (layer, diff_id) in layers.iter().zip(parsed.rootfs.diff_ids) {
         if !is_sha256_digest(&layer.digest) || !is_sha256_digest(&diff_id) {
-            return Err(bad(image, format!("layer {} / diff_id {diff_id}: bad digest", layer.digest)));
+            return Err(bad(
+                image,
+                format!("layer {} / diff_id {diff_id}: bad digest", layer.digest),
+            ));
         }
         if !is_layer_media_type(&layer.media_type) {
-            return Err(bad(image, format!("layer {}: unsupported media type {}", layer.digest, layer.media_type)));
+            return Err(bad(
+                image,
+                format!(
+                    "layer {}: unsupported media type {}",
+                    layer.digest, layer.media_type
+                ),
+            ));
         }
         layer_refs.push(LayerRef {
             diff_id,
@@ -300,7 +329,11 @@ impl Read for ChannelReader {
                 Some(Chunk::End) => self.ended = true,
                 // The sender went away without vouching for the blob: a digest
                 // mismatch, a network error or a cancelled pull. Never treat it as EOF.
-                None => return Err(io::Error::other("download ended before the blob was verified")),
+                None => {
+                    return Err(io::Error::other(
+                        "download ended before the blob was verified",
+                    ));
+                }
             }
         }
         let n = buf.len().min(self.current.len());
@@ -335,12 +368,21 @@ fn unpack_blocking(
     let temp = store.temp_dir(&layer.diff_id)?;
     let result = (|| {
         let mut raw = BufReader::with_capacity(256 * 1024, reader);
-        let magic: Vec<u8> = raw.fill_buf().map_err(|e| unpack_io(image, layer, e))?.iter().take(4).copied().collect();
+        let magic: Vec<u8> = raw
+            .fill_buf()
+            .map_err(|e| unpack_io(image, layer, e))?
+            .iter()
+            .take(4)
+            .copied()
+            .collect();
         let (stats, diff_id) = {
             let decompressed: Box<dyn Read + '_> = if magic.starts_with(&[0x1f, 0x8b]) {
                 Box::new(flate2::bufread::MultiGzDecoder::new(&mut raw))
             } else if magic.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-                Box::new(zstd::stream::read::Decoder::with_buffer(&mut raw).map_err(|e| unpack_io(image, layer, e))?)
+                Box::new(
+                    zstd::stream::read::Decoder::with_buffer(&mut raw)
+                        .map_err(|e| unpack_io(image, layer, e))?,
+                )
             } else {
                 Box::new(&mut raw)
             };
@@ -348,13 +390,18 @@ fn unpack_blocking(
                 inner: decompressed,
                 hasher: Sha256::new(),
             };
-            let stats = crate::unpack::unpack_layer(&mut hashing, &temp).map_err(|source| ImageError::Unpack {
-                reference: image.to_string(),
-                digest: layer.digest.clone(),
-                source,
+            let stats = crate::unpack::unpack_layer(&mut hashing, &temp).map_err(|source| {
+                ImageError::Unpack {
+                    reference: image.to_string(),
+                    digest: layer.digest.clone(),
+                    source,
+                }
             })?;
             io::copy(&mut hashing, &mut io::sink()).map_err(|e| unpack_io(image, layer, e))?;
-            (stats, format!("sha256:{}", hex::encode(hashing.hasher.finalize())))
+            (
+                stats,
+                format!("sha256:{}", hex::encode(hashing.hasher.finalize())),
+            )
         };
         // Whatever follows the compressed stream must still arrive and be vouched for.
         io::copy(&mut raw, &mut io::sink()).map_err(|e| unpack_io(image, layer, e))?;
@@ -487,8 +534,24 @@ pub(crate) async fn fetch_layers(
     cancel: &CancellationToken,
 ) -> Result<u64> {
     let route = &resolved.route;
-    let sizes: Vec<u64> = stream::iter(resolved.layers.iter())
-        .map(|layer| fetch_layer(store, image, &route.client, &route.reference, &route.endpoint, layer, cancel))
+    // Each future owns what it uses: futures borrowing from the iterator trip the
+    // compiler's higher-ranked lifetime checks once the pull is spawned as a task.
+    let fetches: Vec<_> = resolved
+        .layers
+        .iter()
+        .map(|layer| {
+            let (store, image, layer) = (Arc::clone(store), image.to_string(), layer.clone());
+            let (client, reference) = (route.client.clone(), route.reference.clone());
+            let (endpoint, cancel) = (route.endpoint.clone(), cancel.clone());
+            async move {
+                fetch_layer(
+                    &store, &image, &client, &reference, &endpoint, &layer, &cancel,
+                )
+                .await
+            }
+        })
+        .collect();
+    let sizes: Vec<u64> = stream::iter(fetches)
         .buffer_unordered(PARALLEL_LAYERS)
         .try_collect()
         .await?;
@@ -520,12 +583,27 @@ mod tests {
             entry("arm", Some("v7"), "c"),
             entry("arm64", None, "d"),
         ];
-        assert_eq!(choose_platform(&entries, "amd64", None).unwrap().digest, "a");
-        assert_eq!(choose_platform(&entries, "arm", Some("v7")).unwrap().digest, "c");
-        assert_eq!(choose_platform(&entries, "arm64", Some("v8")).unwrap().digest, "d");
+        assert_eq!(
+            choose_platform(&entries, "amd64", None).unwrap().digest,
+            "a"
+        );
+        assert_eq!(
+            choose_platform(&entries, "arm", Some("v7")).unwrap().digest,
+            "c"
+        );
+        assert_eq!(
+            choose_platform(&entries, "arm64", Some("v8"))
+                .unwrap()
+                .digest,
+            "d"
+        );
         assert!(choose_platform(&entries, "s390x", None).is_none());
         let windows = vec![Descriptor {
-            platform: Some(Platform { architecture: "amd64".into(), os: "windows".into(), variant: None }),
+            platform: Some(Platform {
+                architecture: "amd64".into(),
+                os: "windows".into(),
+                variant: None,
+            }),
             ..entry("amd64", None, "w")
         }];
         assert!(choose_platform(&windows, "amd64", None).is_none());
@@ -534,17 +612,27 @@ mod tests {
     #[test]
     fn channel_reader_refuses_an_unvouched_end() {
         let (tx, rx) = mpsc::channel(4);
-        tx.try_send(Chunk::Data(Bytes::from_static(b"abc"))).unwrap();
+        tx.try_send(Chunk::Data(Bytes::from_static(b"abc")))
+            .unwrap();
         drop(tx);
-        let mut r = ChannelReader { rx, current: Bytes::new(), ended: false };
+        let mut r = ChannelReader {
+            rx,
+            current: Bytes::new(),
+            ended: false,
+        };
         let mut out = Vec::new();
         assert!(r.read_to_end(&mut out).is_err());
         assert_eq!(out, b"abc");
 
         let (tx, rx) = mpsc::channel(4);
-        tx.try_send(Chunk::Data(Bytes::from_static(b"abc"))).unwrap();
+        tx.try_send(Chunk::Data(Bytes::from_static(b"abc")))
+            .unwrap();
         tx.try_send(Chunk::End).unwrap();
-        let mut r = ChannelReader { rx, current: Bytes::new(), ended: false };
+        let mut r = ChannelReader {
+            rx,
+            current: Bytes::new(),
+            ended: false,
+        };
         let mut out = Vec::new();
         r.read_to_end(&mut out).unwrap();
         assert_eq!(out, b"abc");

@@ -28,7 +28,8 @@ impl ImageRef {
         if is_image_id(input) {
             return Err(invalid("an image id is not a pullable reference".into()));
         }
-        let inner = Reference::try_from(input).map_err(|e| invalid(e.to_string().to_lowercase()))?;
+        let inner =
+            Reference::try_from(input).map_err(|e| invalid(e.to_string().to_lowercase()))?;
         if inner.repository().bytes().any(|b| b.is_ascii_uppercase()) {
             return Err(invalid("repository name must be lowercase".into()));
         }
@@ -90,7 +91,10 @@ impl fmt::Display for ImageRef {
 /// True when `s` is an image id: `sha256:` and 64 hex digits, or the bare 64 hex digits.
 pub fn is_image_id(s: &str) -> bool {
     let hex = s.strip_prefix("sha256:").unwrap_or(s);
-    hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    hex.len() == 64
+        && hex
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
 }
 
 /// True when `s` is a well-formed `sha256:` digest.
@@ -114,7 +118,10 @@ mod tests {
         assert_eq!(norm("busybox:1.36"), "docker.io/library/busybox:1.36");
         assert_eq!(norm("library/busybox"), "docker.io/library/busybox:latest");
         assert_eq!(norm("someone/tool:v1"), "docker.io/someone/tool:v1");
-        assert_eq!(norm("index.docker.io/library/busybox"), "docker.io/library/busybox:latest");
+        assert_eq!(
+            norm("index.docker.io/library/busybox"),
+            "docker.io/library/busybox:latest"
+        );
     }
 
     #[test]

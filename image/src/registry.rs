@@ -39,7 +39,9 @@ pub struct Credentials {
 impl std::fmt::Debug for Credentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Secrets never reach a log line.
-        f.debug_struct("Credentials").field("username", &self.username).finish_non_exhaustive()
+        f.debug_struct("Credentials")
+            .field("username", &self.username)
+            .finish_non_exhaustive()
     }
 }
 
@@ -60,7 +62,10 @@ impl Credentials {
             return Ok(RegistryAuth::Bearer(self.identity_token.clone()));
         }
         if !self.username.is_empty() || !self.password.is_empty() {
-            return Ok(RegistryAuth::Basic(self.username.clone(), self.password.clone()));
+            return Ok(RegistryAuth::Basic(
+                self.username.clone(),
+                self.password.clone(),
+            ));
         }
         if !self.auth.is_empty() {
             let bad = |why: &str| ImageError::Registry {
@@ -72,7 +77,9 @@ impl Credentials {
                 .decode(self.auth.trim())
                 .map_err(|_| bad("not base64"))?;
             let decoded = String::from_utf8(decoded).map_err(|_| bad("not utf-8"))?;
-            let (user, pass) = decoded.split_once(':').ok_or_else(|| bad("not user:password"))?;
+            let (user, pass) = decoded
+                .split_once(':')
+                .ok_or_else(|| bad("not user:password"))?;
             return Ok(RegistryAuth::Basic(user.to_string(), pass.to_string()));
         }
         Ok(RegistryAuth::Anonymous)
@@ -117,14 +124,20 @@ impl Registries {
     pub(crate) fn configured_auth(&self, registry: &str) -> Option<&Credentials> {
         self.options.auths.get(registry).or_else(|| {
             (registry == "docker.io")
-                .then(|| self.options.auths.get("registry-1.docker.io").or(self.options.auths.get("index.docker.io")))
+                .then(|| {
+                    self.options
+                        .auths
+                        .get("registry-1.docker.io")
+                        .or(self.options.auths.get("index.docker.io"))
+                })
                 .flatten()
         })
     }
 
     /// The endpoints to pull `image` from, in order, each with its client.
     pub(crate) fn routes(&self, image: &ImageRef) -> Result<Vec<Route>> {
-        let endpoints = hosts::resolve_endpoints(self.options.config_path.as_deref(), image.registry())?;
+        let endpoints =
+            hosts::resolve_endpoints(self.options.config_path.as_deref(), image.registry())?;
         let mut routes = Vec::new();
         for ep in endpoints.into_iter().filter(|ep| ep.capabilities.pull) {
             let client = self.client_for(&ep, &image.to_string())?;
@@ -153,7 +166,10 @@ impl Registries {
     }
 
     fn client_for(&self, ep: &RegistryEndpoint, reference: &str) -> Result<Client> {
-        let key = format!("{}|{:?}|{}|{:?}", ep.host, ep.scheme, ep.skip_verify, ep.ca_files);
+        let key = format!(
+            "{}|{:?}|{}|{:?}",
+            ep.host, ep.scheme, ep.skip_verify, ep.ca_files
+        );
         let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(client) = clients.get(&key) {
             return Ok(client.clone());
@@ -196,18 +212,26 @@ fn scheme_name(s: Scheme) -> &'static str {
 }
 
 /// Maps a registry client error to ours, keeping its message.
-pub(crate) fn registry_error(reference: &str, endpoint: &str, e: OciDistributionError) -> ImageError {
+pub(crate) fn registry_error(
+    reference: &str,
+    endpoint: &str,
+    e: OciDistributionError,
+) -> ImageError {
     let kind = match &e {
         OciDistributionError::ImageManifestNotFoundError(_) => ErrorKind::NotFound,
-        OciDistributionError::AuthenticationFailure(_) | OciDistributionError::UnauthorizedError { .. } => {
-            ErrorKind::PermissionDenied
-        }
+        OciDistributionError::AuthenticationFailure(_)
+        | OciDistributionError::UnauthorizedError { .. } => ErrorKind::PermissionDenied,
         OciDistributionError::RegistryError { envelope, .. } => {
             match envelope.errors.first().map(|e| &e.code) {
-                Some(OciErrorCode::ManifestUnknown | OciErrorCode::NameUnknown | OciErrorCode::BlobUnknown | OciErrorCode::NotFound) => {
-                    ErrorKind::NotFound
+                Some(
+                    OciErrorCode::ManifestUnknown
+                    | OciErrorCode::NameUnknown
+                    | OciErrorCode::BlobUnknown
+                    | OciErrorCode::NotFound,
+                ) => ErrorKind::NotFound,
+                Some(OciErrorCode::Unauthorized | OciErrorCode::Denied) => {
+                    ErrorKind::PermissionDenied
                 }
-                Some(OciErrorCode::Unauthorized | OciErrorCode::Denied) => ErrorKind::PermissionDenied,
                 Some(OciErrorCode::Toomanyrequests) => ErrorKind::Unavailable,
                 _ => ErrorKind::Internal,
             }
@@ -218,7 +242,9 @@ pub(crate) fn registry_error(reference: &str, endpoint: &str, e: OciDistribution
             429 | 502..=504 => ErrorKind::Unavailable,
             _ => ErrorKind::Internal,
         },
-        OciDistributionError::RequestError(_) | OciDistributionError::IoError(_) => ErrorKind::Unavailable,
+        OciDistributionError::RequestError(_) | OciDistributionError::IoError(_) => {
+            ErrorKind::Unavailable
+        }
         OciDistributionError::DigestError(_) => ErrorKind::Internal,
         _ => ErrorKind::Internal,
     };
@@ -250,17 +276,54 @@ mod tests {
 
     #[test]
     fn credentials_map_to_client_auth() {
-        let c = Credentials { auth: base64::engine::general_purpose::STANDARD.encode("u:p:x"), ..Default::default() };
-        assert_eq!(format!("{:?}", c.to_auth("r").unwrap()), format!("{:?}", RegistryAuth::Basic("u".into(), "p:x".into())));
-        let c = Credentials { username: "a".into(), password: "b".into(), ..Default::default() };
-        assert!(matches!(c.to_auth("r").unwrap(), RegistryAuth::Basic(u, p) if u == "a" && p == "b"));
-        let c = Credentials { registry_token: "t".into(), username: "a".into(), ..Default::default() };
+        let c = Credentials {
+            auth: base64::engine::general_purpose::STANDARD.encode("u:p:x"),
+            ..Default::default()
+        };
+        assert_eq!(
+            format!("{:?}", c.to_auth("r").unwrap()),
+            format!("{:?}", RegistryAuth::Basic("u".into(), "p:x".into()))
+        );
+        let c = Credentials {
+            username: "a".into(),
+            password: "b".into(),
+            ..Default::default()
+        };
+        assert!(
+            matches!(c.to_auth("r").unwrap(), RegistryAuth::Basic(u, p) if u == "a" && p == "b")
+        );
+        let c = Credentials {
+            registry_token: "t".into(),
+            username: "a".into(),
+            ..Default::default()
+        };
         assert!(matches!(c.to_auth("r").unwrap(), RegistryAuth::Bearer(t) if t == "t"));
-        let c = Credentials { identity_token: "i".into(), ..Default::default() };
+        let c = Credentials {
+            identity_token: "i".into(),
+            ..Default::default()
+        };
         assert!(matches!(c.to_auth("r").unwrap(), RegistryAuth::Bearer(t) if t == "i"));
-        assert!(matches!(Credentials::default().to_auth("r").unwrap(), RegistryAuth::Anonymous));
-        let bad = Credentials { auth: "!!!".into(), ..Default::default() };
-        assert_eq!(bad.to_auth("r").unwrap_err().kind(), ErrorKind::InvalidArgument);
-        assert!(!format!("{:?}", Credentials { password: "secret".into(), ..Default::default() }).contains("secret"));
+        assert!(matches!(
+            Credentials::default().to_auth("r").unwrap(),
+            RegistryAuth::Anonymous
+        ));
+        let bad = Credentials {
+            auth: "!!!".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            bad.to_auth("r").unwrap_err().kind(),
+            ErrorKind::InvalidArgument
+        );
+        assert!(
+            !format!(
+                "{:?}",
+                Credentials {
+                    password: "secret".into(),
+                    ..Default::default()
+                }
+            )
+            .contains("secret")
+        );
     }
 }

@@ -120,7 +120,9 @@ pub(crate) fn load_all(db: &Database) -> Result<Vec<ImageRecord>> {
             Ok(record) => out.push(record),
             // A record we cannot read is reported, not fatal: the image is simply gone
             // and kubelet pulls it again.
-            Err(e) => tracing::warn!(id = key.value(), error = %e, "dropping unreadable image record"),
+            Err(e) => {
+                tracing::warn!(id = key.value(), error = %e, "dropping unreadable image record")
+            }
         }
     }
     Ok(out)
