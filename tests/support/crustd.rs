@@ -45,7 +45,7 @@ impl Crustd {
             .prefix("crust-e2e-")
             .tempdir()
             .expect("tempdir");
-        for sub in ["root", "state", "cni-conf", "certs.d"] {
+        for sub in ["root", "state", "cni-conf", "cni-bin", "certs.d"] {
             fs::create_dir_all(dir.path().join(sub)).unwrap();
         }
         let mut d = Crustd {
@@ -63,13 +63,14 @@ impl Crustd {
         let config = format!(
             "root = {root:?}\nstate = {state:?}\nlisten = {sock:?}\nlog_level = \"debug\"\n\
              [registry]\nconfig_path = {certs:?}\n\
-             [cni]\nconf_dir = {cni:?}\ncache_dir = {cache:?}\n{extra}\n",
+             [cni]\nconf_dir = {cni:?}\ncache_dir = {cache:?}\nbin_dirs = [{bin:?}, \"/usr/lib/cni\", \"/opt/cni/bin\"]\n{extra}\n",
             root = p.join("root"),
             state = p.join("state"),
             sock = self.socket(),
             certs = p.join("certs.d"),
             cni = p.join("cni-conf"),
             cache = p.join("cni-cache"),
+            bin = p.join("cni-bin"),
             extra = self.extra_config,
         );
         fs::write(p.join("config.toml"), config).unwrap();
@@ -131,6 +132,11 @@ impl Crustd {
     /// The hosts.toml tree the daemon is configured with.
     pub fn certs_dir(&self) -> PathBuf {
         self.dir.path().join("certs.d")
+    }
+
+    /// A CNI plugin directory searched first, for fake plugins.
+    pub fn cni_bin_dir(&self) -> PathBuf {
+        self.dir.path().join("cni-bin")
     }
 
     /// The CNI config directory the daemon is configured with.

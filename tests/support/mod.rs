@@ -8,6 +8,7 @@
 //!   them to such a registry.
 #![allow(dead_code)]
 
+pub mod cni;
 pub mod crustd;
 pub mod oci;
 pub mod registry;
