@@ -33,6 +33,18 @@ pub struct Config {
     pub registry: RegistryConfig,
     /// Pod networking.
     pub cni: CniConfig,
+    /// The runtime handler used when a pod names none.
+    pub default_runtime: String,
+    /// OCI runtimes by RuntimeClass handler name.
+    pub runtimes: BTreeMap<String, RuntimeConfig>,
+}
+
+/// One OCI runtime (a runc-compatible CLI).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// The binary: a name looked up in PATH, or an absolute path.
+    pub path: PathBuf,
 }
 
 /// Log output formats.
@@ -93,6 +105,13 @@ impl Default for Config {
                 auths: BTreeMap::new(),
             },
             cni: CniConfig::default(),
+            default_runtime: "runc".into(),
+            runtimes: BTreeMap::from([(
+                "runc".to_string(),
+                RuntimeConfig {
+                    path: "runc".into(),
+                },
+            )]),
         }
     }
 }
@@ -130,6 +149,16 @@ log_format = "text"
 
 # The cgroup driver kubelet must use with crust: "cgroupfs" or "systemd".
 cgroup_driver = "cgroupfs"
+
+# The runtime handler for pods whose RuntimeClass names none.
+default_runtime = "runc"
+
+# OCI runtimes by RuntimeClass handler: any runc-compatible CLI (runc, crun, youki).
+# A pod asking for a handler not listed here is refused.
+[runtimes.runc]
+path = "runc"
+# [runtimes.crun]
+# path = "/usr/bin/crun"
 
 [registry]
 # Registry hosts in containerd's hosts.toml layout: one directory per registry host
@@ -204,6 +233,17 @@ impl Config {
         }
         if let Some(p) = self.cni.bin_dirs.iter().find(|p| !p.is_absolute()) {
             bail!("cni.bin_dirs: {p:?} is not an absolute path");
+        }
+        if !self.runtimes.contains_key(&self.default_runtime) {
+            bail!(
+                "default_runtime: {:?} is not a configured [runtimes.*] entry",
+                self.default_runtime
+            );
+        }
+        for (name, runtime) in &self.runtimes {
+            if runtime.path.as_os_str().is_empty() {
+                bail!("runtimes.{name}.path: empty");
+            }
         }
         for (host, creds) in &self.registry.auths {
             if creds.is_empty() {

@@ -2,7 +2,6 @@
 
 mod config;
 mod cri;
-mod network;
 mod server;
 
 use std::path::PathBuf;
@@ -139,10 +138,7 @@ async fn serve(config: Arc<Config>) -> anyhow::Result<()> {
         .add_service(runtime_service)
         .add_service(image_service)
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), server::shutdown_signal());
-    let recovery = {
-        let config = Arc::clone(&config);
-        tokio::task::spawn_blocking(move || recover(config))
-    };
+    let recovery = tokio::spawn(recover(Arc::clone(&config)));
     tokio::pin!(server);
     // Serve (with Unavailable answers) while recovery runs, so clients see a live
     // socket; recovery failing stops the daemon.
@@ -160,27 +156,56 @@ async fn serve(config: Arc<Config>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Opens the store and reconciles it with the disk: what start-up must finish before
-/// any RPC is answered.
-fn recover(config: Arc<Config>) -> anyhow::Result<cri::Services> {
+/// Opens the store and reconciles it with the disk and what runs: what start-up must
+/// finish before any RPC is answered.
+async fn recover(config: Arc<Config>) -> anyhow::Result<cri::Services> {
     let db_path = config.root.join("crust.redb");
-    let db = redb::Database::create(&db_path).with_context(|| {
-        format!(
-            "open metadata store {} (is another crustd using this root?)",
-            db_path.display()
-        )
-    })?;
+    let db = tokio::task::spawn_blocking(move || {
+        redb::Database::create(&db_path).with_context(|| {
+            format!(
+                "open metadata store {} (is another crustd using this root?)",
+                db_path.display()
+            )
+        })
+    })
+    .await??;
     let db = Arc::new(db);
     let options = crust_image::RegistryOptions {
         config_path: config.registry.config_path.clone(),
         auths: config.registry.auths.clone().into_iter().collect(),
     };
-    let images = crust_image::ImageService::open(config.root.clone(), Arc::clone(&db), options)
-        .context("open the image store")?;
-    let network = network::NetworkState::new(&config.cni);
+    let images = {
+        let (root, db) = (config.root.clone(), Arc::clone(&db));
+        tokio::task::spawn_blocking(move || crust_image::ImageService::open(root, db, options))
+            .await?
+            .context("open the image store")?
+    };
+    let cni = Arc::new(crust_cni::Cni::new(crust_cni::CniOptions {
+        conf_dir: config.cni.conf_dir.clone(),
+        bin_dirs: config.cni.bin_dirs.clone(),
+        cache_dir: config.cni.cache_dir.clone(),
+        ..Default::default()
+    }));
+    let sandbox_options = crust_sandbox::SandboxOptions {
+        root: config.root.clone(),
+        state: config.state.clone(),
+        runtimes: config
+            .runtimes
+            .iter()
+            .map(|(k, v)| (k.clone(), v.path.clone()))
+            .collect(),
+        default_runtime: config.default_runtime.clone(),
+        cgroup_driver: match config.cgroup_driver {
+            config::CgroupDriver::Cgroupfs => crust_sandbox::CgroupDriver::Cgroupfs,
+            config::CgroupDriver::Systemd => crust_sandbox::CgroupDriver::Systemd,
+        },
+    };
+    let sandboxes = crust_sandbox::SandboxService::open(Arc::clone(&db), sandbox_options, cni)
+        .await
+        .context("recover pod sandboxes")?;
     Ok(cri::Services {
         config: Arc::clone(&config),
         images: Arc::new(images),
-        network: Arc::new(network),
+        sandboxes,
     })
 }

@@ -1,4 +1,24 @@
-//! Containers: the OCI spec builder, the OCI runtime CLI driver and crust-monitor.
+//! Containers: the OCI runtime CLI driver, OCI spec building, and crust-pause.
 //!
-//! Filled by the containers issue; nothing here is exposed yet.
+//! - [`oci`]: runs runc, crun or youki (`create`, `start`, `state`, `kill`, `delete`)
+//!   with the contract DESIGN.md sets: `--root`, `--log <bundle>/log.json --log-format
+//!   json`, stdin /dev/null, a timeout, and errors that carry the runtime's evidence.
+//! - [`spec`]: config.json for a pod's pause container ([`spec::SandboxSpec`]) and the
+//!   defaults every spec shares (capabilities, masked paths, mounts, sysctls, OOM score).
+//! - [`pause`]: the embedded static crust-pause binary and its shared read-only rootfs.
+//! - [`pause_spec`]: the pause container's spec pieces gathered for the sandbox crate.
+//!
+//! The crate knows neither images nor sandboxes: callers hand it plain data (rootfs
+//! paths, namespace paths, cgroup paths).
 #![deny(missing_docs)]
+
+pub mod error;
+pub mod oci;
+pub mod pause;
+pub mod pause_spec;
+pub mod spec;
+
+pub use error::{ErrorKind, Failure, Result, RuntimeError};
+pub use oci::{CreateOptions, OciRuntime, State};
+pub use pause::{PAUSE_BINARY, PAUSE_PATH, install_pause_rootfs};
+pub use spec::{MountSpec, NamespaceMode, PidMode, SandboxSpec};

@@ -1,4 +1,751 @@
-//! Pod sandboxes: network namespace, CNI, the pause process and pod files.
+//! Pod sandboxes: the network namespace, CNI, the pause process and the pod files.
 //!
-//! Filled by the sandbox issue; nothing here is exposed yet.
+//! [`SandboxService`] runs, stops, removes and lists sandboxes. Every query is served
+//! from memory; records live in the daemon's redb database (table `sandboxes`).
+//! Creation persists a record before its first side effect, so a crash halfway leaves
+//! something recovery can find and undo; every undo step is idempotent, and the same
+//! release path serves a failed run, a stop, a removal and recovery.
 #![deny(missing_docs)]
+
+pub mod error;
+mod liveness;
+pub mod podfiles;
+pub mod record;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use crust_cni::{Cni, PodNetwork, PortMapping, Protocol};
+use crust_proto::cri;
+use crust_runtime::oci::{CreateOptions, OciRuntime};
+use crust_runtime::pause_spec::{self, NamespaceMode as NsMode, PidMode, SandboxSpec};
+use redb::Database;
+
+pub use error::{ErrorKind, Result, SandboxError};
+use podfiles::PodFiles;
+pub use record::SandboxRecord;
+use record::name_key;
+
+/// Nanoseconds since the epoch, now.
+pub(crate) fn now_nanos() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+/// Cgroup drivers: how `cgroup_parent` and the pause's cgroups path are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CgroupDriver {
+    /// File-system paths.
+    Cgroupfs,
+    /// systemd slices.
+    Systemd,
+}
+
+/// How the sandbox service is set up.
+#[derive(Debug, Clone)]
+pub struct SandboxOptions {
+    /// Persistent root (pod files live under `root/sandboxes`).
+    pub root: PathBuf,
+    /// Runtime state (bundles, shm mounts, netns, the pause rootfs).
+    pub state: PathBuf,
+    /// OCI runtime binaries by runtime handler name.
+    pub runtimes: BTreeMap<String, PathBuf>,
+    /// The handler used when a request names none.
+    pub default_runtime: String,
+    /// The cgroup driver.
+    pub cgroup_driver: CgroupDriver,
+}
+
+#[derive(Default)]
+struct Index {
+    by_id: HashMap<String, Arc<SandboxRecord>>,
+    names: HashMap<String, String>,
+}
+
+/// Pod sandboxes on this node.
+pub struct SandboxService {
+    db: Arc<Database>,
+    options: SandboxOptions,
+    cni: Arc<Cni>,
+    runtimes: HashMap<String, Arc<OciRuntime>>,
+    pause_rootfs: PathBuf,
+    index: RwLock<Index>,
+    /// Serializes stop and remove per sandbox.
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+fn step(
+    id: &str,
+    step: &'static str,
+    kind: ErrorKind,
+    message: impl std::fmt::Display,
+) -> SandboxError {
+    SandboxError::Step {
+        id: id.to_string(),
+        step,
+        message: message.to_string(),
+        kind,
+    }
+}
+
+fn runtime_kind(e: &crust_runtime::RuntimeError) -> ErrorKind {
+    use crust_runtime::ErrorKind as K;
+    match e.kind() {
+        K::NotFound => ErrorKind::NotFound,
+        K::InvalidArgument => ErrorKind::InvalidArgument,
+        K::FailedPrecondition => ErrorKind::FailedPrecondition,
+        K::Unavailable => ErrorKind::Unavailable,
+        K::DeadlineExceeded => ErrorKind::DeadlineExceeded,
+        K::Internal => ErrorKind::Internal,
+    }
+}
+
+fn cni_kind(e: &crust_cni::error::CniError) -> ErrorKind {
+    use crust_cni::error::ErrorKind as K;
+    match e.kind() {
+        K::NotFound => ErrorKind::NotFound,
+        K::AlreadyExists => ErrorKind::AlreadyExists,
+        K::InvalidArgument => ErrorKind::InvalidArgument,
+        K::FailedPrecondition => ErrorKind::FailedPrecondition,
+        K::Unavailable => ErrorKind::Unavailable,
+        K::DeadlineExceeded => ErrorKind::DeadlineExceeded,
+        K::Internal => ErrorKind::Internal,
+    }
+}
+
+impl SandboxService {
+    /// Opens the service: installs the pause rootfs, loads records and reconciles them
+    /// with what runs (half-made sandboxes are undone, dead pause processes noticed).
+    pub async fn open(
+        db: Arc<Database>,
+        options: SandboxOptions,
+        cni: Arc<Cni>,
+    ) -> Result<Arc<Self>> {
+        let io = |what: &str, e: std::io::Error| SandboxError::Store(format!("{what}: {e}"));
+        let pause_rootfs = crust_runtime::install_pause_rootfs(&options.state.join("pause"))
+            .map_err(|e| io("install the pause rootfs", e))?;
+        let mut runtimes = HashMap::new();
+        for (name, binary) in &options.runtimes {
+            let root = options.state.join("runtime").join(name);
+            std::fs::create_dir_all(&root).map_err(|e| io("create runtime root", e))?;
+            let runtime = OciRuntime::new(binary.clone(), root)
+                .with_bundle_dir(options.state.join("bundles"))
+                .with_systemd_cgroup(options.cgroup_driver == CgroupDriver::Systemd);
+            runtimes.insert(name.clone(), Arc::new(runtime));
+        }
+        if !runtimes.contains_key(&options.default_runtime) {
+            return Err(SandboxError::Invalid(format!(
+                "default runtime {:?} is not configured",
+                options.default_runtime
+            )));
+        }
+        let service = Arc::new(SandboxService {
+            db,
+            options,
+            cni,
+            runtimes,
+            pause_rootfs,
+            index: RwLock::new(Index::default()),
+            locks: Mutex::new(HashMap::new()),
+        });
+        service.recover().await?;
+        Ok(service)
+    }
+
+    fn index(&self) -> std::sync::RwLockReadGuard<'_, Index> {
+        // Index updates are single inserts and removes; a panic cannot leave it torn.
+        self.index.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn index_mut(&self) -> std::sync::RwLockWriteGuard<'_, Index> {
+        self.index.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_for(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+        locks.retain(|_, l| Arc::strong_count(l) > 1);
+        Arc::clone(locks.entry(id.to_string()).or_default())
+    }
+
+    async fn recover(self: &Arc<Self>) -> Result<()> {
+        for mut record in record::load_all(&self.db)? {
+            let meta = record.metadata();
+            if record.ready_at.is_none() {
+                tracing::info!(sandbox = %record.id, "undoing a sandbox whose creation was interrupted");
+                let errors = self.release(&record, true).await;
+                if errors.is_empty() {
+                    record::delete(&self.db, &record.id)?;
+                    continue;
+                }
+                // Could not undo everything: keep it NotReady for kubelet to remove.
+                tracing::warn!(sandbox = %record.id, ?errors, "interrupted sandbox not fully undone");
+                record.stopped_at.get_or_insert_with(now_nanos);
+            } else if record.stopped_at.is_none() && record.exited_at.is_none() {
+                if liveness::alive(record.pid, record.pid_start) {
+                    let id = record.id.clone();
+                    self.watch(&id, record.pid);
+                } else {
+                    tracing::info!(sandbox = %record.id, pid = record.pid, "pause process died while crustd was away");
+                    record.exited_at = Some(now_nanos());
+                    record::put(&self.db, &record)?;
+                }
+            }
+            let mut index = self.index_mut();
+            index.names.insert(name_key(&meta), record.id.clone());
+            index.by_id.insert(record.id.clone(), Arc::new(record));
+        }
+        Ok(())
+    }
+
+    /// Watches the pause process and marks the sandbox NotReady when it exits.
+    fn watch(self: &Arc<Self>, id: &str, pid: i32) {
+        let weak = Arc::downgrade(self);
+        let id = id.to_string();
+        tokio::spawn(async move {
+            if let Err(e) = liveness::wait_exit(pid).await {
+                tracing::warn!(sandbox = %id, pid, error = %e, "cannot watch the pause process");
+                return;
+            }
+            let Some(service) = weak.upgrade() else {
+                return;
+            };
+            service.mark_exited(&id);
+        });
+    }
+
+    fn mark_exited(&self, id: &str) {
+        let Some(current) = self.get(id) else { return };
+        if current.exited_at.is_some() || current.stopped_at.is_some() {
+            return;
+        }
+        let mut updated = (*current).clone();
+        updated.exited_at = Some(now_nanos());
+        if let Err(e) = record::put(&self.db, &updated) {
+            tracing::warn!(sandbox = %id, error = %e, "cannot record the pause exit");
+        }
+        tracing::info!(sandbox = %id, "pause process exited; sandbox is not ready");
+        self.index_mut()
+            .by_id
+            .insert(id.to_string(), Arc::new(updated));
+    }
+
+    /// A sandbox by id (full id or unique prefix).
+    pub fn get(&self, id: &str) -> Option<Arc<SandboxRecord>> {
+        let index = self.index();
+        if let Some(r) = index.by_id.get(id) {
+            return Some(Arc::clone(r));
+        }
+        if id.len() < 6 {
+            return None;
+        }
+        let mut matches = index.by_id.iter().filter(|(k, _)| k.starts_with(id));
+        match (matches.next(), matches.next()) {
+            (Some((_, r)), None) => Some(Arc::clone(r)),
+            _ => None,
+        }
+    }
+
+    /// Every sandbox.
+    pub fn list(&self) -> Vec<Arc<SandboxRecord>> {
+        self.index().by_id.values().cloned().collect()
+    }
+
+    /// Whether pod networking is configured (Status's NetworkReady).
+    pub fn network_ready(&self) -> std::result::Result<(), String> {
+        self.cni.network_ready().map_err(|e| e.to_string())
+    }
+
+    fn runtime(&self, handler: &str) -> Result<(String, Arc<OciRuntime>)> {
+        let name = if handler.is_empty() {
+            self.options.default_runtime.as_str()
+        } else {
+            handler
+        };
+        self.runtimes
+            .get(name)
+            .map(|r| (name.to_string(), Arc::clone(r)))
+            .ok_or_else(|| {
+                SandboxError::Invalid(format!("runtime handler {name:?} is not configured"))
+            })
+    }
+
+    /// Runs a pod sandbox; on any failure every step already taken is undone.
+    pub async fn run(
+        self: &Arc<Self>,
+        config: cri::PodSandboxConfig,
+        handler: &str,
+    ) -> Result<String> {
+        let meta = validate(&config)?;
+        let (handler, runtime) = self.runtime(handler)?;
+        let id = hex::encode(rand::random::<[u8; 32]>());
+        let key = name_key(&meta);
+        {
+            let mut index = self.index_mut();
+            if let Some(owner) = index.names.get(&key) {
+                return Err(SandboxError::AlreadyExists {
+                    name: key,
+                    id: owner.clone(),
+                });
+            }
+            index.names.insert(key.clone(), id.clone());
+        }
+        let host_network = config
+            .linux
+            .as_ref()
+            .and_then(|l| l.security_context.as_ref())
+            .and_then(|s| s.namespace_options.as_ref())
+            .is_some_and(|n| n.network == cri::NamespaceMode::Node as i32);
+        let mut record = SandboxRecord {
+            version: record::RECORD_VERSION,
+            id: id.clone(),
+            config,
+            runtime_handler: handler,
+            created_at: now_nanos(),
+            ready_at: None,
+            stopped_at: None,
+            exited_at: None,
+            netns: (!host_network).then(|| self.netns_dir().join(&id)),
+            ip: String::new(),
+            additional_ips: Vec::new(),
+            cni_result: None,
+            pid: 0,
+            pid_start: 0,
+            cgroups_path: String::new(),
+        };
+        record.cgroups_path = self.cgroups_path(&record);
+        let outcome = match record::put(&self.db, &record) {
+            Ok(()) => self.bring_up(&mut record, &runtime).await,
+            Err(e) => Err(e),
+        };
+        match outcome {
+            Ok(()) => {
+                self.index_mut()
+                    .by_id
+                    .insert(id.clone(), Arc::new(record.clone()));
+                self.watch(&id, record.pid);
+                tracing::info!(sandbox = %id, name = %key, ip = %record.ip, "sandbox ready");
+                Ok(id)
+            }
+            Err(e) => {
+                tracing::warn!(sandbox = %id, error = %e, "sandbox failed; undoing");
+                let errors = self.release(&record, true).await;
+                if errors.is_empty() {
+                    let _ = record::delete(&self.db, &id);
+                    self.index_mut().names.remove(&key);
+                } else {
+                    // Leave it NotReady for kubelet to remove rather than half-forgotten.
+                    tracing::warn!(sandbox = %id, ?errors, "undo incomplete; keeping the sandbox as not ready");
+                    record.stopped_at = Some(now_nanos());
+                    let _ = record::put(&self.db, &record);
+                    self.index_mut().by_id.insert(id.clone(), Arc::new(record));
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn netns_dir(&self) -> PathBuf {
+        self.options.state.join("netns")
+    }
+
+    fn bundle(&self, id: &str) -> PathBuf {
+        self.options.state.join("bundles").join(id)
+    }
+
+    fn files(&self, id: &str) -> PodFiles {
+        PodFiles::new(&self.options.root, &self.options.state, id)
+    }
+
+    fn cgroups_path(&self, record: &SandboxRecord) -> String {
+        let parent = record
+            .config
+            .linux
+            .as_ref()
+            .map(|l| l.cgroup_parent.as_str())
+            .unwrap_or("");
+        match self.options.cgroup_driver {
+            CgroupDriver::Cgroupfs if parent.is_empty() => format!("/crust/{}", record.id),
+            CgroupDriver::Cgroupfs => format!("{}/{}", parent.trim_end_matches('/'), record.id),
+            CgroupDriver::Systemd => {
+                let slice = if parent.is_empty() {
+                    "system.slice"
+                } else {
+                    parent
+                };
+                format!("{slice}:crust:{}", record.id)
+            }
+        }
+    }
+
+    async fn bring_up(&self, record: &mut SandboxRecord, runtime: &OciRuntime) -> Result<()> {
+        let id = record.id.clone();
+        let config = record.config.clone();
+        let meta = record.metadata();
+        let ns = record.namespace_options();
+        let host_network = record.host_network();
+
+        if let Some(netns) = &record.netns {
+            let dir = self.netns_dir();
+            let name = id.clone();
+            tokio::task::spawn_blocking(move || crust_cni::netns::NetNs::create(&dir, &name))
+                .await
+                .map_err(|e| step(&id, "network namespace", ErrorKind::Internal, e))?
+                .map_err(|e| step(&id, "network namespace", cni_kind(&e), e))?;
+            let mut pod = PodNetwork::new(id.clone(), netns.clone());
+            pod.namespace = meta.namespace.clone();
+            pod.name = meta.name.clone();
+            pod.uid = meta.uid.clone();
+            pod.port_mappings = port_mappings(&config.port_mappings);
+            let cni = Arc::clone(&self.cni);
+            let result = tokio::task::spawn_blocking(move || cni.setup(&pod))
+                .await
+                .map_err(|e| step(&id, "network setup", ErrorKind::Internal, e))?
+                .map_err(|e| step(&id, "network setup", cni_kind(&e), e))?;
+            record.ip = result
+                .primary_ip()
+                .map(|ip| ip.to_string())
+                .unwrap_or_default();
+            record.additional_ips = result
+                .additional_ips()
+                .iter()
+                .map(|ip| ip.to_string())
+                .collect();
+            record.cni_result = Some(result.raw().clone());
+        }
+
+        let files = self.files(&id);
+        files
+            .write(&config.hostname, config.dns_config.as_ref(), host_network)
+            .map_err(|e| step(&id, "pod files", ErrorKind::Internal, e))?;
+        let ipc_host = ns.ipc == cri::NamespaceMode::Node as i32;
+        if !ipc_host {
+            files
+                .mount_shm()
+                .map_err(|e| step(&id, "pod /dev/shm", ErrorKind::Internal, e))?;
+        }
+
+        let security = config
+            .linux
+            .as_ref()
+            .and_then(|l| l.security_context.clone())
+            .unwrap_or_default();
+        let sysctls: BTreeMap<String, String> = config
+            .linux
+            .as_ref()
+            .map(|l| l.sysctls.clone().into_iter().collect())
+            .unwrap_or_default();
+        let mut mounts = Vec::new();
+        if !ipc_host {
+            mounts.push(pause_spec::MountSpec {
+                destination: "/dev/shm".into(),
+                source: files.shm.clone(),
+                kind: "bind".into(),
+                options: vec!["rbind".into(), "rw".into()],
+            });
+        }
+        let spec = SandboxSpec {
+            id: id.clone(),
+            hostname: if host_network {
+                String::new()
+            } else {
+                config.hostname.clone()
+            },
+            rootfs: self.pause_rootfs.clone(),
+            readonly_rootfs: true,
+            args: vec!["/pause".into()],
+            env: vec!["PATH=/".into()],
+            netns: match &record.netns {
+                Some(p) => NsMode::Path(p.clone()),
+                None => NsMode::Host,
+            },
+            ipc_host,
+            pid: if ns.pid == cri::NamespaceMode::Node as i32 {
+                PidMode::Node
+            } else {
+                PidMode::Pod
+            },
+            uts_host: host_network,
+            cgroups_path: record.cgroups_path.clone(),
+            sysctls,
+            oom_score_adj: pause_spec::clamp_oom_score_adj(-998),
+            cpu_shares: Some(2),
+            run_as_user: (
+                security
+                    .run_as_user
+                    .map(|u| u.value as u32)
+                    .unwrap_or(65535),
+                security
+                    .run_as_group
+                    .map(|g| g.value as u32)
+                    .unwrap_or(65535),
+            ),
+            supplemental_groups: security
+                .supplemental_groups
+                .iter()
+                .map(|g| *g as u32)
+                .collect(),
+            mounts,
+            annotations: BTreeMap::new(),
+            privileged: security.privileged,
+        };
+        let bundle = self.bundle(&id);
+        std::fs::create_dir_all(&bundle)
+            .map_err(|e| step(&id, "pause bundle", ErrorKind::Internal, e))?;
+        pause_spec::write_bundle(&spec, &bundle)
+            .map_err(|e| step(&id, "pause spec", runtime_kind(&e), e))?;
+        let pid_file = bundle.join("pid");
+        runtime
+            .create(
+                &id,
+                &bundle,
+                &CreateOptions {
+                    pid_file: pid_file.clone(),
+                    no_new_keyring: false,
+                },
+            )
+            .await
+            .map_err(|e| step(&id, "pause create", runtime_kind(&e), e))?;
+        runtime
+            .start(&id)
+            .await
+            .map_err(|e| step(&id, "pause start", runtime_kind(&e), e))?;
+        let pid: i32 = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .ok_or_else(|| step(&id, "pause start", ErrorKind::Internal, "no pid file"))?;
+        record.pid = pid;
+        record.pid_start = liveness::start_time(pid).unwrap_or(0);
+        record.ready_at = Some(now_nanos());
+        record::put(&self.db, record)?;
+        Ok(())
+    }
+
+    /// Releases what a sandbox holds: the pause container, the network, the netns,
+    /// shm and (when `files` is set) its files and bundle. Each step is idempotent and
+    /// all are tried; the failures are returned.
+    async fn release(&self, record: &SandboxRecord, files: bool) -> Vec<String> {
+        let mut errors = Vec::new();
+        let id = &record.id;
+        if let Some(runtime) = self.runtimes.get(&record.runtime_handler) {
+            if let Err(e) = runtime.kill(id, libc::SIGKILL, true).await {
+                errors.push(format!("kill pause: {e}"));
+            }
+            // The pause process is gone once kill returns for SIGKILL; delete waits on
+            // the runtime's view of it.
+            for _ in 0..100 {
+                match runtime.state(id).await {
+                    Ok(Some(s))
+                        if s.status == "running"
+                            || s.status == "created"
+                            || s.status == "paused" =>
+                    {
+                        tokio::time::sleep(Duration::from_millis(20)).await
+                    }
+                    _ => break,
+                }
+            }
+            if let Err(e) = runtime.delete(id, true).await {
+                errors.push(format!("delete pause: {e}"));
+            }
+        }
+        if let Some(netns) = &record.netns {
+            let meta = record.metadata();
+            let mut pod = PodNetwork::new(id.clone(), netns.clone());
+            pod.namespace = meta.namespace;
+            pod.name = meta.name;
+            pod.uid = meta.uid;
+            pod.port_mappings = port_mappings(&record.config.port_mappings);
+            let cni = Arc::clone(&self.cni);
+            let netns = netns.clone();
+            let result = tokio::task::spawn_blocking(move || {
+                let teardown = cni
+                    .teardown(&pod)
+                    .map_err(|e| format!("network teardown: {e}"));
+                let remove =
+                    crust_cni::netns::remove(&netns).map_err(|e| format!("network namespace: {e}"));
+                [teardown.err(), remove.err()]
+            })
+            .await;
+            match result {
+                Ok(errs) => errors.extend(errs.into_iter().flatten()),
+                Err(e) => errors.push(format!("network teardown task: {e}")),
+            }
+        }
+        let pod_files = self.files(id);
+        if let Err(e) = pod_files.unmount_shm() {
+            errors.push(format!("unmount shm: {e}"));
+        }
+        if files {
+            if let Err(e) = pod_files.remove() {
+                errors.push(format!("pod files: {e}"));
+            }
+            if let Err(e) = std::fs::remove_dir_all(self.bundle(id))
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                errors.push(format!("bundle: {e}"));
+            }
+        }
+        errors
+    }
+
+    /// Stops a sandbox: its pause process, network and shm. Stopping a stopped
+    /// sandbox succeeds; an unknown id is NotFound.
+    pub async fn stop(&self, id: &str) -> Result<()> {
+        let record = self
+            .get(id)
+            .ok_or_else(|| SandboxError::NotFound(id.to_string()))?;
+        let lock = self.lock_for(&record.id);
+        let _guard = lock.lock().await;
+        let Some(record) = self.get(&record.id) else {
+            return Ok(());
+        };
+        if record.stopped_at.is_some() {
+            return Ok(());
+        }
+        let errors = self.release(&record, false).await;
+        if !errors.is_empty() {
+            return Err(step(
+                &record.id,
+                "stop",
+                ErrorKind::Internal,
+                errors.join("; "),
+            ));
+        }
+        let mut updated = (*record).clone();
+        updated.stopped_at = Some(now_nanos());
+        record::put(&self.db, &updated)?;
+        self.index_mut()
+            .by_id
+            .insert(updated.id.clone(), Arc::new(updated));
+        Ok(())
+    }
+
+    /// Removes a sandbox, stopping it first if needed. An unknown id succeeds.
+    pub async fn remove(&self, id: &str) -> Result<()> {
+        let Some(record) = self.get(id) else {
+            return Ok(());
+        };
+        let lock = self.lock_for(&record.id);
+        let _guard = lock.lock().await;
+        let Some(record) = self.get(&record.id) else {
+            return Ok(());
+        };
+        let errors = self.release(&record, true).await;
+        if !errors.is_empty() {
+            return Err(step(
+                &record.id,
+                "remove",
+                ErrorKind::Internal,
+                errors.join("; "),
+            ));
+        }
+        record::delete(&self.db, &record.id)?;
+        let mut index = self.index_mut();
+        index.by_id.remove(&record.id);
+        let key = name_key(&record.metadata());
+        if index.names.get(&key) == Some(&record.id) {
+            index.names.remove(&key);
+        }
+        Ok(())
+    }
+}
+
+fn port_mappings(ports: &[cri::PortMapping]) -> Vec<PortMapping> {
+    ports
+        .iter()
+        .filter(|p| {
+            p.host_port > 0
+                && p.host_port <= 65535
+                && p.container_port > 0
+                && p.container_port <= 65535
+        })
+        .map(|p| PortMapping {
+            host_port: p.host_port as u16,
+            container_port: p.container_port as u16,
+            protocol: match cri::Protocol::try_from(p.protocol) {
+                Ok(cri::Protocol::Udp) => Protocol::Udp,
+                Ok(cri::Protocol::Sctp) => Protocol::Sctp,
+                _ => Protocol::Tcp,
+            },
+            host_ip: p.host_ip.clone(),
+        })
+        .collect()
+}
+
+/// Checks a sandbox config before anything is done with it.
+fn validate(config: &cri::PodSandboxConfig) -> Result<cri::PodSandboxMetadata> {
+    let meta = config
+        .metadata
+        .clone()
+        .ok_or_else(|| SandboxError::Invalid("metadata: missing".into()))?;
+    for (field, value) in [
+        ("name", &meta.name),
+        ("namespace", &meta.namespace),
+        ("uid", &meta.uid),
+    ] {
+        if value.is_empty() {
+            return Err(SandboxError::Invalid(format!("metadata.{field}: empty")));
+        }
+        if value.contains('/') || value.contains('\0') {
+            return Err(SandboxError::Invalid(format!(
+                "metadata.{field}: {value:?} contains '/' or NUL"
+            )));
+        }
+    }
+    if config.hostname.len() > 64 || config.hostname.contains('/') {
+        return Err(SandboxError::Invalid(format!(
+            "hostname: {:?} is not a valid hostname",
+            config.hostname
+        )));
+    }
+    for p in &config.port_mappings {
+        if !(0..=65535).contains(&p.host_port) || !(0..=65535).contains(&p.container_port) {
+            return Err(SandboxError::Invalid(format!(
+                "port_mappings: {}:{} is out of range",
+                p.host_port, p.container_port
+            )));
+        }
+        if cri::Protocol::try_from(p.protocol).is_err() {
+            return Err(SandboxError::Invalid(format!(
+                "port_mappings: unknown protocol {}",
+                p.protocol
+            )));
+        }
+    }
+    if let Some(linux) = &config.linux {
+        let ns = linux
+            .security_context
+            .as_ref()
+            .and_then(|s| s.namespace_options.clone())
+            .unwrap_or_default();
+        for (what, mode) in [("network", ns.network), ("pid", ns.pid), ("ipc", ns.ipc)] {
+            if cri::NamespaceMode::try_from(mode).is_err() {
+                return Err(SandboxError::Invalid(format!(
+                    "namespace_options.{what}: unknown mode {mode}"
+                )));
+            }
+        }
+        if ns.pid == cri::NamespaceMode::Target as i32 {
+            return Err(SandboxError::Invalid(
+                "namespace_options.pid: TARGET is for containers, not sandboxes".into(),
+            ));
+        }
+        let sysctls: BTreeMap<String, String> = linux.sysctls.clone().into_iter().collect();
+        pause_spec::validate_sysctls(
+            &sysctls,
+            ns.network != cri::NamespaceMode::Node as i32,
+            ns.ipc == cri::NamespaceMode::Node as i32,
+        )
+        .map_err(|e| SandboxError::Invalid(e.to_string()))?;
+    }
+    Ok(meta)
+}
+
+/// Whether `path` exists; used by tests and recovery.
+pub fn exists(path: &Path) -> bool {
+    path.symlink_metadata().is_ok()
+}

@@ -38,6 +38,53 @@ pub fn image(record: &ImageRecord) -> cri::Image {
     }
 }
 
+/// A sandbox record as CRI's list item.
+pub fn sandbox(r: &crust_sandbox::SandboxRecord) -> cri::PodSandbox {
+    cri::PodSandbox {
+        id: r.id.clone(),
+        metadata: Some(r.metadata()),
+        state: sandbox_state(r) as i32,
+        created_at: r.created_at,
+        labels: r.config.labels.clone(),
+        annotations: r.config.annotations.clone(),
+        runtime_handler: r.runtime_handler.clone(),
+    }
+}
+
+fn sandbox_state(r: &crust_sandbox::SandboxRecord) -> cri::PodSandboxState {
+    if r.is_ready() {
+        cri::PodSandboxState::SandboxReady
+    } else {
+        cri::PodSandboxState::SandboxNotready
+    }
+}
+
+/// A sandbox record as CRI's status.
+pub fn sandbox_status(r: &crust_sandbox::SandboxRecord) -> cri::PodSandboxStatus {
+    cri::PodSandboxStatus {
+        id: r.id.clone(),
+        metadata: Some(r.metadata()),
+        state: sandbox_state(r) as i32,
+        created_at: r.created_at,
+        network: Some(cri::PodSandboxNetworkStatus {
+            ip: r.ip.clone(),
+            additional_ips: r
+                .additional_ips
+                .iter()
+                .map(|ip| cri::PodIp { ip: ip.clone() })
+                .collect(),
+        }),
+        linux: Some(cri::LinuxPodSandboxStatus {
+            namespaces: Some(cri::Namespace {
+                options: Some(r.namespace_options()),
+            }),
+        }),
+        labels: r.config.labels.clone(),
+        annotations: r.config.annotations.clone(),
+        runtime_handler: r.runtime_handler.clone(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,3 +17,18 @@ pub fn image_status(e: &ImageError) -> Status {
     };
     Status::new(code, e.to_string())
 }
+
+/// Maps a sandbox error to its status.
+pub fn sandbox_status(e: &crust_sandbox::SandboxError) -> Status {
+    use crust_sandbox::ErrorKind as K;
+    let code = match e.kind() {
+        K::NotFound => Code::NotFound,
+        K::AlreadyExists => Code::AlreadyExists,
+        K::InvalidArgument => Code::InvalidArgument,
+        K::FailedPrecondition => Code::FailedPrecondition,
+        K::Unavailable => Code::Unavailable,
+        K::DeadlineExceeded => Code::DeadlineExceeded,
+        K::Internal => Code::Internal,
+    };
+    Status::new(code, e.to_string())
+}

@@ -7,6 +7,7 @@ mod image_pull;
 mod image_query;
 pub mod instrument;
 mod runtime_info;
+mod sandbox;
 
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
@@ -16,7 +17,6 @@ use crust_proto::cri;
 use tonic::{Request, Response, Status};
 
 use crate::config::Config;
-use crate::network::NetworkState;
 
 /// Nanoseconds since the epoch, now.
 pub fn now_nanos() -> i64 {
@@ -32,8 +32,8 @@ pub struct Services {
     pub config: Arc<Config>,
     /// Images on this node.
     pub images: Arc<ImageService>,
-    /// Whether pod networking is configured.
-    pub network: Arc<NetworkState>,
+    /// Pod sandboxes.
+    pub sandboxes: Arc<crust_sandbox::SandboxService>,
 }
 
 /// The CRI server: RuntimeService and ImageService over one set of [`Services`].
@@ -105,33 +105,33 @@ impl cri::runtime_service_server::RuntimeService for Cri {
     }
     async fn run_pod_sandbox(
         &self,
-        _r: Request<cri::RunPodSandboxRequest>,
+        r: Request<cri::RunPodSandboxRequest>,
     ) -> Result<Response<cri::RunPodSandboxResponse>, Status> {
-        Err(not_yet("RunPodSandbox", "pod sandboxes"))
+        Cri::run_pod_sandbox(self, r).await
     }
     async fn stop_pod_sandbox(
         &self,
-        _r: Request<cri::StopPodSandboxRequest>,
+        r: Request<cri::StopPodSandboxRequest>,
     ) -> Result<Response<cri::StopPodSandboxResponse>, Status> {
-        Err(not_yet("StopPodSandbox", "pod sandboxes"))
+        Cri::stop_pod_sandbox(self, r).await
     }
     async fn remove_pod_sandbox(
         &self,
-        _r: Request<cri::RemovePodSandboxRequest>,
+        r: Request<cri::RemovePodSandboxRequest>,
     ) -> Result<Response<cri::RemovePodSandboxResponse>, Status> {
-        Err(not_yet("RemovePodSandbox", "pod sandboxes"))
+        Cri::remove_pod_sandbox(self, r).await
     }
     async fn pod_sandbox_status(
         &self,
-        _r: Request<cri::PodSandboxStatusRequest>,
+        r: Request<cri::PodSandboxStatusRequest>,
     ) -> Result<Response<cri::PodSandboxStatusResponse>, Status> {
-        Err(not_yet("PodSandboxStatus", "pod sandboxes"))
+        Cri::pod_sandbox_status(self, r).await
     }
     async fn list_pod_sandbox(
         &self,
-        _r: Request<cri::ListPodSandboxRequest>,
+        r: Request<cri::ListPodSandboxRequest>,
     ) -> Result<Response<cri::ListPodSandboxResponse>, Status> {
-        Err(not_yet("ListPodSandbox", "pod sandboxes"))
+        Cri::list_pod_sandbox(self, r).await
     }
     async fn create_container(
         &self,

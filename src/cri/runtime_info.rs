@@ -40,7 +40,7 @@ impl Cri {
                 reason: String::new(),
                 message: String::new(),
             };
-            let network = match services.network.ready() {
+            let network = match services.sandboxes.network_ready() {
                 Ok(()) => cri::RuntimeCondition {
                     r#type: "NetworkReady".into(),
                     status: true,

@@ -43,7 +43,11 @@ impl TestNetwork {
             plugins.join(",")
         );
         fs::write(conf_dir.join("10-test.conflist"), conf).unwrap();
-        TestNetwork { bridge, prefix, ipam_dir }
+        TestNetwork {
+            bridge,
+            prefix,
+            ipam_dir,
+        }
     }
 
     /// The bridge's (gateway) address.
@@ -72,7 +76,9 @@ impl TestNetwork {
 
 impl Drop for TestNetwork {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["link", "del", &self.bridge]).output();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.bridge])
+            .output();
     }
 }
 
@@ -91,7 +97,10 @@ pub fn in_netns(netns: &Path, args: &[&str]) -> (bool, String) {
 
 /// Host interfaces whose name starts with `veth`.
 pub fn veths() -> Vec<String> {
-    let out = Command::new("ip").args(["-o", "link", "show"]).output().unwrap();
+    let out = Command::new("ip")
+        .args(["-o", "link", "show"])
+        .output()
+        .unwrap();
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| l.split(": ").nth(1))

@@ -231,8 +231,84 @@ fn signal(pid: u32, sig: i32) {
     }
 }
 
+impl Crustd {
+    /// Stops and removes every sandbox the daemon knows, so that a failing test leaves
+    /// no network namespace, veth, iptables rule or pause process behind.
+    fn remove_all_sandboxes(&self) {
+        if self.child.is_none() {
+            return;
+        }
+        let socket = self.socket();
+        let this = SocketOnly(socket);
+        // Drop runs inside the test's runtime, which cannot be blocked on: use a thread
+        // with a runtime of its own.
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async move {
+                let work = async {
+                    let Ok(mut c) = this.client().await else {
+                        return;
+                    };
+                    let Ok(list) = c
+                        .runtime
+                        .list_pod_sandbox(cri::ListPodSandboxRequest::default())
+                        .await
+                    else {
+                        return;
+                    };
+                    for s in list.into_inner().items {
+                        let id = s.id;
+                        let _ = c
+                            .runtime
+                            .stop_pod_sandbox(cri::StopPodSandboxRequest {
+                                pod_sandbox_id: id.clone(),
+                            })
+                            .await;
+                        let _ = c
+                            .runtime
+                            .remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: id })
+                            .await;
+                    }
+                };
+                let _ = tokio::time::timeout(Duration::from_secs(30), work).await;
+            });
+        })
+        .join();
+    }
+}
+
+/// Just enough of a [`Crustd`] to connect from another thread.
+struct SocketOnly(PathBuf);
+
+impl SocketOnly {
+    async fn client(&self) -> Result<CriClient, tonic::transport::Error> {
+        let path = self.0.clone();
+        let channel = Endpoint::try_from("http://[::]:50051")
+            .unwrap()
+            .connect_with_connector(tower::service_fn(move |_: Uri| {
+                let path = path.clone();
+                async move {
+                    Ok::<_, std::io::Error>(TokioIo::new(
+                        tokio::net::UnixStream::connect(path).await?,
+                    ))
+                }
+            }))
+            .await?;
+        Ok(CriClient {
+            runtime: RuntimeServiceClient::new(channel.clone()),
+            image: ImageServiceClient::new(channel),
+        })
+    }
+}
+
 impl Drop for Crustd {
     fn drop(&mut self) {
+        self.remove_all_sandboxes();
         self.stop();
         if std::thread::panicking() {
             eprintln!("--- crustd log ---\n{}", self.log());

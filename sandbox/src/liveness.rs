@@ -1,0 +1,71 @@
+//! Is the pause process alive? Pids are reused, so a pid is only "ours" when its start
+//! time matches the one recorded; exits are noticed through a pidfd, which works for
+//! processes that are not our children (runc's init is reparented away from crustd).
+
+use std::io;
+use std::os::fd::{FromRawFd, OwnedFd};
+
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
+
+/// The process's start time in clock ticks after boot (field 22 of /proc/PID/stat).
+pub fn start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses: fields start after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split(' ').collect();
+    // After "pid (comm)", field 3 (state) is index 0 here, so field 22 is index 19.
+    let state = fields.first()?;
+    if *state == "Z" || *state == "X" {
+        return None;
+    }
+    fields.get(19)?.parse().ok()
+}
+
+/// Whether `pid` is running and is the process that started at `start`.
+pub fn alive(pid: i32, start: u64) -> bool {
+    pid > 0 && start_time(pid).is_some_and(|s| start == 0 || s == start)
+}
+
+/// Resolves when the process exits (or at once if it is gone).
+pub async fn wait_exit(pid: i32) -> io::Result<()> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1; no memory is
+    // shared with the kernel.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        let e = io::Error::last_os_error();
+        return if e.raw_os_error() == Some(libc::ESRCH) {
+            Ok(())
+        } else {
+            Err(e)
+        };
+    }
+    // SAFETY: fd is a freshly opened pidfd that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    // SAFETY: the AsyncFd owns the pidfd for as long as it is registered; nothing else
+    // holds or closes it.
+    let async_fd = unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE)? };
+    // A pidfd becomes readable when the process exits.
+    let _ = async_fd.readable().await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_child_is_alive_until_it_exits() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("0.2")
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        let start = start_time(pid).unwrap();
+        assert!(alive(pid, start));
+        assert!(!alive(pid, start + 1));
+        wait_exit(pid).await.unwrap();
+        child.wait().unwrap();
+        assert!(!alive(pid, start));
+    }
+}

@@ -1,0 +1,131 @@
+//! RunPodSandbox, StopPodSandbox, RemovePodSandbox, PodSandboxStatus, ListPodSandbox.
+
+use std::collections::HashMap;
+
+use crust_proto::cri;
+use tonic::{Request, Response, Status};
+
+use super::{Cri, convert, error, instrument};
+
+impl Cri {
+    pub(super) async fn run_pod_sandbox(
+        &self,
+        request: Request<cri::RunPodSandboxRequest>,
+    ) -> Result<Response<cri::RunPodSandboxResponse>, Status> {
+        let req = request.into_inner();
+        instrument::instrument("RunPodSandbox", async {
+            let services = self.services()?;
+            let config = req
+                .config
+                .ok_or_else(|| Status::invalid_argument("config: missing"))?;
+            let sandboxes = services.sandboxes.clone();
+            // Detached: kubelet giving up must not stop a creation halfway; the work
+            // either finishes or undoes itself.
+            let id = tokio::spawn(async move { sandboxes.run(config, &req.runtime_handler).await })
+                .await
+                .map_err(|e| Status::internal(format!("run task failed: {e}")))?
+                .map_err(|e| error::sandbox_status(&e))?;
+            Ok(cri::RunPodSandboxResponse { pod_sandbox_id: id })
+        })
+        .await
+    }
+
+    pub(super) async fn stop_pod_sandbox(
+        &self,
+        request: Request<cri::StopPodSandboxRequest>,
+    ) -> Result<Response<cri::StopPodSandboxResponse>, Status> {
+        let id = request.into_inner().pod_sandbox_id;
+        instrument::instrument("StopPodSandbox", async {
+            let services = self.services()?;
+            if id.is_empty() {
+                return Err(Status::invalid_argument("pod_sandbox_id: empty"));
+            }
+            let sandboxes = services.sandboxes.clone();
+            tokio::spawn(async move { sandboxes.stop(&id).await })
+                .await
+                .map_err(|e| Status::internal(format!("stop task failed: {e}")))?
+                .map_err(|e| error::sandbox_status(&e))?;
+            Ok(cri::StopPodSandboxResponse {})
+        })
+        .await
+    }
+
+    pub(super) async fn remove_pod_sandbox(
+        &self,
+        request: Request<cri::RemovePodSandboxRequest>,
+    ) -> Result<Response<cri::RemovePodSandboxResponse>, Status> {
+        let id = request.into_inner().pod_sandbox_id;
+        instrument::instrument("RemovePodSandbox", async {
+            let services = self.services()?;
+            if id.is_empty() {
+                return Err(Status::invalid_argument("pod_sandbox_id: empty"));
+            }
+            let sandboxes = services.sandboxes.clone();
+            tokio::spawn(async move { sandboxes.remove(&id).await })
+                .await
+                .map_err(|e| Status::internal(format!("remove task failed: {e}")))?
+                .map_err(|e| error::sandbox_status(&e))?;
+            Ok(cri::RemovePodSandboxResponse {})
+        })
+        .await
+    }
+
+    pub(super) async fn pod_sandbox_status(
+        &self,
+        request: Request<cri::PodSandboxStatusRequest>,
+    ) -> Result<Response<cri::PodSandboxStatusResponse>, Status> {
+        let req = request.into_inner();
+        instrument::instrument("PodSandboxStatus", async {
+            let services = self.services()?;
+            let record = services.sandboxes.get(&req.pod_sandbox_id).ok_or_else(|| {
+                Status::not_found(format!("pod sandbox {:?} not found", req.pod_sandbox_id))
+            })?;
+            let mut info = HashMap::new();
+            if req.verbose {
+                let verbose = serde_json::json!({
+                    "pid": record.pid,
+                    "netnsPath": record.netns,
+                    "runtimeHandler": record.runtime_handler,
+                    "cgroupsPath": record.cgroups_path,
+                    "cniResult": record.cni_result,
+                    "config": record.config,
+                });
+                info.insert("info".to_string(), verbose.to_string());
+            }
+            Ok(cri::PodSandboxStatusResponse {
+                status: Some(convert::sandbox_status(&record)),
+                info,
+                containers_statuses: Vec::new(),
+                timestamp: super::now_nanos(),
+            })
+        })
+        .await
+    }
+
+    pub(super) async fn list_pod_sandbox(
+        &self,
+        request: Request<cri::ListPodSandboxRequest>,
+    ) -> Result<Response<cri::ListPodSandboxResponse>, Status> {
+        let filter = request.into_inner().filter;
+        instrument::instrument("ListPodSandbox", async {
+            let services = self.services()?;
+            let items = services
+                .sandboxes
+                .list()
+                .iter()
+                .map(|r| convert::sandbox(r))
+                .filter(|s| filter.as_ref().is_none_or(|f| sandbox_matches(s, f)))
+                .collect();
+            Ok(cri::ListPodSandboxResponse { items })
+        })
+        .await
+    }
+}
+
+fn sandbox_matches(s: &cri::PodSandbox, f: &cri::PodSandboxFilter) -> bool {
+    (f.id.is_empty() || s.id.starts_with(&f.id))
+        && f.state.as_ref().is_none_or(|st| st.state == s.state)
+        && f.label_selector
+            .iter()
+            .all(|(k, v)| s.labels.get(k) == Some(v))
+}
