@@ -17,8 +17,9 @@ if ! command -v cargo >/dev/null 2>&1; then
   export PATH="$HOME/.cargo/bin:$PATH"
 fi
 
-cargo build --release --locked --bin crustd
+cargo build --release --locked --bin crustd --bin crust-monitor
 install -D -m 0755 target/release/crustd /usr/local/bin/crustd
+install -D -m 0755 target/release/crust-monitor /usr/local/bin/crust-monitor
 
 install -d -m 0755 /etc/crust /etc/crust/certs.d
 [ -f /etc/crust/config.toml ] || /usr/local/bin/crustd config default > /etc/crust/config.toml

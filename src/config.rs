@@ -37,6 +37,8 @@ pub struct Config {
     pub default_runtime: String,
     /// OCI runtimes by RuntimeClass handler name.
     pub runtimes: BTreeMap<String, RuntimeConfig>,
+    /// The crust-monitor binary; by default the one beside crustd.
+    pub monitor_path: Option<PathBuf>,
 }
 
 /// One OCI runtime (a runc-compatible CLI).
@@ -112,6 +114,7 @@ impl Default for Config {
                     path: "runc".into(),
                 },
             )]),
+            monitor_path: None,
         }
     }
 }
@@ -159,6 +162,9 @@ default_runtime = "runc"
 path = "runc"
 # [runtimes.crun]
 # path = "/usr/bin/crun"
+
+# The per-container monitor; unset means the crust-monitor installed beside crustd.
+# monitor_path = "/usr/local/bin/crust-monitor"
 
 [registry]
 # Registry hosts in containerd's hosts.toml layout: one directory per registry host

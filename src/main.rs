@@ -203,9 +203,39 @@ async fn recover(config: Arc<Config>) -> anyhow::Result<cri::Services> {
     let sandboxes = crust_sandbox::SandboxService::open(Arc::clone(&db), sandbox_options, cni)
         .await
         .context("recover pod sandboxes")?;
+    let monitor_binary = match &config.monitor_path {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()
+            .context("locate crustd")?
+            .with_file_name("crust-monitor"),
+    };
+    let containers = crust_runtime::container::ContainerService::open(
+        Arc::clone(&db),
+        crust_runtime::container::ContainerOptions {
+            state: config.state.clone(),
+            monitor_binary,
+            runtimes: sandboxes.runtimes(),
+        },
+    )
+    .await
+    .context("recover containers")?;
+    // Root filesystems whose container record is gone were left by a create that a
+    // crash interrupted: release them.
+    let images = Arc::new(images);
+    for owner in images.rootfs_owners() {
+        if containers.get(&owner).is_none() {
+            tracing::info!(container = %owner, "removing the rootfs of a container that was never created");
+            images
+                .remove_rootfs(&owner)
+                .await
+                .context("release an orphaned rootfs")?;
+            let _ = std::fs::remove_dir_all(config.state.join("containers").join(&owner));
+        }
+    }
     Ok(cri::Services {
         config: Arc::clone(&config),
-        images: Arc::new(images),
+        images,
         sandboxes,
+        containers,
     })
 }

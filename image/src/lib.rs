@@ -13,6 +13,7 @@ pub mod layers;
 mod pull;
 pub mod reference;
 pub mod registry;
+pub mod rootfs;
 pub mod store;
 pub mod unpack;
 
@@ -39,6 +40,19 @@ pub(crate) fn now_nanos() -> i64 {
         .unwrap_or(0)
 }
 
+/// Whether `path` is a mountpoint (from /proc/self/mountinfo).
+fn is_mountpoint(path: &std::path::Path) -> bool {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let wanted = path.to_string_lossy();
+    info.lines().any(|l| {
+        l.split(' ')
+            .nth(4)
+            .is_some_and(|mp| mp.replace("\\040", " ") == wanted)
+    })
+}
+
 /// What a finished pull reports.
 #[derive(Debug, Clone)]
 pub struct PullOutcome {
@@ -57,6 +71,10 @@ pub struct ImageService {
     /// Serializes changes to image records, so a pull's commit and a removal never
     /// interleave between the table write and the index update.
     meta: tokio::sync::Mutex<()>,
+    /// Layers held by containers' root filesystems, by container id.
+    pins: std::sync::Mutex<std::collections::HashMap<String, rootfs::Pin>>,
+    /// Where containers' writable layers live.
+    containers_dir: PathBuf,
 }
 
 impl ImageService {
@@ -75,7 +93,10 @@ impl ImageService {
         }
         let refs: Vec<&str> = broken.iter().map(String::as_str).collect();
         store::write(&db, &[], &refs)?;
+        let pins = rootfs::load(&db)?;
         let service = ImageService {
+            pins: std::sync::Mutex::new(pins),
+            containers_dir: root.join("containers"),
             db,
             layers,
             registries: Registries::new(options),
@@ -285,10 +306,143 @@ impl ImageService {
     }
 
     fn referenced_layers(&self) -> HashSet<String> {
-        self.read()
+        let mut used: HashSet<String> = self
+            .read()
             .by_id
             .values()
             .flat_map(|r| r.layers.iter().map(|l| l.diff_id.clone()))
+            .collect();
+        used.extend(rootfs::pinned(
+            &self.pins.lock().unwrap_or_else(|p| p.into_inner()),
+        ));
+        used
+    }
+
+    /// Creates and mounts a container's root filesystem at `mountpoint`: the image's
+    /// layers under a writable layer of its own (in `root/containers/<id>`). The layers
+    /// stay pinned until [`ImageService::remove_rootfs`].
+    pub async fn create_rootfs(
+        &self,
+        image: &ImageRecord,
+        container_id: &str,
+        mountpoint: &std::path::Path,
+    ) -> Result<PathBuf> {
+        let _meta = self.meta.lock().await;
+        if let Some(missing) = image
+            .layers
+            .iter()
+            .find(|l| !self.layers.contains(&l.diff_id))
+        {
+            return Err(ImageError::NotFound(format!(
+                "{} (layer {} is gone)",
+                image.id, missing.diff_id
+            )));
+        }
+        let pin = rootfs::Pin {
+            diff_ids: image.layers.iter().map(|l| l.diff_id.clone()).collect(),
+            mountpoint: mountpoint.to_path_buf(),
+            rw_dir: self.containers_dir.join(container_id),
+        };
+        // Pin before mounting: a crash after this leaves a pin that remove_rootfs (or
+        // recovery through it) releases, never a mount whose layers were collected.
+        rootfs::put(&self.db, container_id, &pin)?;
+        self.pins
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(container_id.to_string(), pin.clone());
+        let result = self.mount_pin(&pin);
+        if result.is_err() {
+            drop(_meta);
+            let _ = self.remove_rootfs(container_id).await;
+        }
+        result
+    }
+
+    fn mount_pin(&self, pin: &rootfs::Pin) -> Result<PathBuf> {
+        let upper = pin.rw_dir.join("fs");
+        let work = pin.rw_dir.join("work");
+        for d in [&upper, &work] {
+            std::fs::create_dir_all(d)
+                .map_err(|e| ImageError::io(format!("create {}", d.display()), e))?;
+        }
+        let lower: Vec<PathBuf> = pin
+            .diff_ids
+            .iter()
+            .rev()
+            .map(|d| self.layers.path(d))
+            .collect();
+        let options = rootfs::overlay_options(&lower, &upper, &work)?;
+        rootfs::mount_overlay(&options, &pin.mountpoint).map_err(|e| {
+            ImageError::io(format!("mount rootfs at {}", pin.mountpoint.display()), e)
+        })?;
+        Ok(pin.mountpoint.clone())
+    }
+
+    /// Mounts a pinned rootfs again if it is not mounted (after a reboot emptied the
+    /// state directory); returns the mountpoint.
+    pub fn ensure_rootfs_mounted(&self, container_id: &str) -> Result<PathBuf> {
+        let pin = self
+            .pins
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(container_id)
+            .cloned()
+            .ok_or_else(|| ImageError::NotFound(format!("rootfs of container {container_id}")))?;
+        if is_mountpoint(&pin.mountpoint) {
+            return Ok(pin.mountpoint);
+        }
+        self.mount_pin(&pin)
+    }
+
+    /// Unmounts and deletes a container's rootfs and writable layer and unpins its
+    /// layers. Absent is fine.
+    pub async fn remove_rootfs(&self, container_id: &str) -> Result<()> {
+        let _meta = self.meta.lock().await;
+        let pin = self
+            .pins
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(container_id)
+            .cloned();
+        let Some(pin) = pin else {
+            return Ok(());
+        };
+        rootfs::unmount(&pin.mountpoint)
+            .map_err(|e| ImageError::io(format!("unmount {}", pin.mountpoint.display()), e))?;
+        let _ = std::fs::remove_dir(&pin.mountpoint);
+        match std::fs::remove_dir_all(&pin.rw_dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(ImageError::io(
+                    format!("remove {}", pin.rw_dir.display()),
+                    e,
+                ));
+            }
+            _ => {}
+        }
+        rootfs::delete(&self.db, container_id)?;
+        self.pins
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(container_id);
+        Ok(())
+    }
+
+    /// Ids of containers holding a rootfs.
+    pub fn rootfs_owners(&self) -> Vec<String> {
+        self.pins
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
             .collect()
+    }
+
+    /// The writable layer directory of a container (for usage stats).
+    pub fn writable_layer(&self, container_id: &str) -> Option<PathBuf> {
+        self.pins
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(container_id)
+            .map(|p| p.rw_dir.join("fs"))
     }
 }

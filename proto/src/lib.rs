@@ -6,3 +6,5 @@
 
 /// CRI v1 messages, clients and servers.
 pub use k8s_cri::v1 as cri;
+
+pub mod monitor;

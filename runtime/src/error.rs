@@ -97,6 +97,15 @@ pub enum RuntimeError {
         #[source]
         source: io::Error,
     },
+    /// A container's monitor failed before it reported the container created (not
+    /// the OCI runtime: that is [`RuntimeError::Failed`]), or broke its protocol.
+    #[error("monitor of {id}: {reason}")]
+    Monitor {
+        /// The container id.
+        id: String,
+        /// What went wrong.
+        reason: String,
+    },
     /// A spec that the oci-spec crate refused to build or serialize.
     #[error("oci spec for {id}: {reason}")]
     Spec {
@@ -160,6 +169,7 @@ impl RuntimeError {
             RuntimeError::Spawn { .. }
             | RuntimeError::BadOutput { .. }
             | RuntimeError::Io { .. }
+            | RuntimeError::Monitor { .. }
             | RuntimeError::Spec { .. } => ErrorKind::Internal,
         }
     }

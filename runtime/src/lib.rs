@@ -12,7 +12,10 @@
 //! paths, namespace paths, cgroup paths).
 #![deny(missing_docs)]
 
+pub mod container;
 pub mod error;
+pub mod liveness;
+pub mod monitor;
 pub mod oci;
 pub mod pause;
 pub mod pause_spec;

@@ -8,7 +8,7 @@
 #![deny(missing_docs)]
 
 pub mod error;
-mod liveness;
+
 pub mod podfiles;
 pub mod record;
 
@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use crust_cni::{Cni, PodNetwork, PortMapping, Protocol};
 use crust_proto::cri;
+use crust_runtime::liveness;
 use crust_runtime::oci::{CreateOptions, OciRuntime};
 use crust_runtime::pause_spec::{self, NamespaceMode as NsMode, PidMode, SandboxSpec};
 use redb::Database;
@@ -247,6 +248,16 @@ impl SandboxService {
             (Some((_, r)), None) => Some(Arc::clone(r)),
             _ => None,
         }
+    }
+
+    /// The OCI runtimes by handler, shared with the container service.
+    pub fn runtimes(&self) -> HashMap<String, Arc<OciRuntime>> {
+        self.runtimes.clone()
+    }
+
+    /// The pod's files (hostname, hosts, resolv.conf, shm).
+    pub fn pod_files(&self, id: &str) -> PodFiles {
+        self.files(id)
     }
 
     /// Every sandbox.

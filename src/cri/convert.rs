@@ -85,6 +85,62 @@ pub fn sandbox_status(r: &crust_sandbox::SandboxRecord) -> cri::PodSandboxStatus
     }
 }
 
+/// A container record as CRI's list item.
+pub fn container(r: &crust_runtime::container::ContainerRecord) -> cri::Container {
+    cri::Container {
+        id: r.id.clone(),
+        pod_sandbox_id: r.sandbox_id.clone(),
+        metadata: Some(r.metadata()),
+        image: Some(cri::ImageSpec {
+            image: r.image_name.clone(),
+            ..Default::default()
+        }),
+        image_ref: r.image_ref.clone(),
+        state: crust_runtime::container::state(r) as i32,
+        created_at: r.created_at,
+        labels: r.config.labels.clone(),
+        annotations: r.config.annotations.clone(),
+        image_id: r.image_id.clone(),
+    }
+}
+
+/// A container record as CRI's status.
+pub fn container_status(r: &crust_runtime::container::ContainerRecord) -> cri::ContainerStatus {
+    let resources = r.resources.clone().map(|linux| cri::ContainerResources {
+        linux: Some(linux),
+        ..Default::default()
+    });
+    cri::ContainerStatus {
+        id: r.id.clone(),
+        metadata: Some(r.metadata()),
+        state: crust_runtime::container::state(r) as i32,
+        created_at: r.created_at,
+        started_at: r.started_at.unwrap_or(0),
+        finished_at: r.finished_at.unwrap_or(0),
+        exit_code: r.exit_code.unwrap_or(0),
+        image: Some(cri::ImageSpec {
+            image: r.image_name.clone(),
+            ..Default::default()
+        }),
+        image_ref: r.image_ref.clone(),
+        reason: r.reason.clone(),
+        message: r.message.clone(),
+        labels: r.config.labels.clone(),
+        annotations: r.config.annotations.clone(),
+        mounts: r.config.mounts.clone(),
+        log_path: r.log_path.display().to_string(),
+        resources,
+        image_id: r.image_id.clone(),
+        user: Some(cri::ContainerUser {
+            linux: Some(cri::LinuxContainerUser {
+                uid: r.user.uid as i64,
+                gid: r.user.gid as i64,
+                supplemental_groups: r.user.additional_gids.iter().map(|g| *g as i64).collect(),
+            }),
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

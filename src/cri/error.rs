@@ -32,3 +32,17 @@ pub fn sandbox_status(e: &crust_sandbox::SandboxError) -> Status {
     };
     Status::new(code, e.to_string())
 }
+
+/// Maps a container error to its status.
+pub fn container_status(e: &crust_runtime::container::ContainerError) -> Status {
+    use crust_runtime::container::ContainerErrorKind as K;
+    let code = match e.kind() {
+        K::NotFound => Code::NotFound,
+        K::AlreadyExists => Code::AlreadyExists,
+        K::InvalidArgument => Code::InvalidArgument,
+        K::FailedPrecondition => Code::FailedPrecondition,
+        K::DeadlineExceeded => Code::DeadlineExceeded,
+        K::Internal => Code::Internal,
+    };
+    Status::new(code, e.to_string())
+}

@@ -1,6 +1,7 @@
 //! The CRI gRPC services: thin handlers that validate, call the domain crates and map
 //! errors. One file per RPC or small group of RPCs.
 
+mod container;
 mod convert;
 mod error;
 mod image_pull;
@@ -34,6 +35,8 @@ pub struct Services {
     pub images: Arc<ImageService>,
     /// Pod sandboxes.
     pub sandboxes: Arc<crust_sandbox::SandboxService>,
+    /// Containers.
+    pub containers: Arc<crust_runtime::container::ContainerService>,
 }
 
 /// The CRI server: RuntimeService and ImageService over one set of [`Services`].
@@ -135,57 +138,57 @@ impl cri::runtime_service_server::RuntimeService for Cri {
     }
     async fn create_container(
         &self,
-        _r: Request<cri::CreateContainerRequest>,
+        r: Request<cri::CreateContainerRequest>,
     ) -> Result<Response<cri::CreateContainerResponse>, Status> {
-        Err(not_yet("CreateContainer", "containers"))
+        Cri::create_container(self, r).await
     }
     async fn start_container(
         &self,
-        _r: Request<cri::StartContainerRequest>,
+        r: Request<cri::StartContainerRequest>,
     ) -> Result<Response<cri::StartContainerResponse>, Status> {
-        Err(not_yet("StartContainer", "containers"))
+        Cri::start_container(self, r).await
     }
     async fn stop_container(
         &self,
-        _r: Request<cri::StopContainerRequest>,
+        r: Request<cri::StopContainerRequest>,
     ) -> Result<Response<cri::StopContainerResponse>, Status> {
-        Err(not_yet("StopContainer", "containers"))
+        Cri::stop_container(self, r).await
     }
     async fn remove_container(
         &self,
-        _r: Request<cri::RemoveContainerRequest>,
+        r: Request<cri::RemoveContainerRequest>,
     ) -> Result<Response<cri::RemoveContainerResponse>, Status> {
-        Err(not_yet("RemoveContainer", "containers"))
+        Cri::remove_container(self, r).await
     }
     async fn list_containers(
         &self,
-        _r: Request<cri::ListContainersRequest>,
+        r: Request<cri::ListContainersRequest>,
     ) -> Result<Response<cri::ListContainersResponse>, Status> {
-        Err(not_yet("ListContainers", "containers"))
+        Cri::list_containers(self, r).await
     }
     async fn container_status(
         &self,
-        _r: Request<cri::ContainerStatusRequest>,
+        r: Request<cri::ContainerStatusRequest>,
     ) -> Result<Response<cri::ContainerStatusResponse>, Status> {
-        Err(not_yet("ContainerStatus", "containers"))
+        Cri::container_status(self, r).await
     }
     async fn update_container_resources(
         &self,
-        _r: Request<cri::UpdateContainerResourcesRequest>,
+        r: Request<cri::UpdateContainerResourcesRequest>,
     ) -> Result<Response<cri::UpdateContainerResourcesResponse>, Status> {
-        Err(not_yet("UpdateContainerResources", "containers"))
+        Cri::update_container_resources(self, r).await
     }
     async fn reopen_container_log(
         &self,
-        _r: Request<cri::ReopenContainerLogRequest>,
+        r: Request<cri::ReopenContainerLogRequest>,
     ) -> Result<Response<cri::ReopenContainerLogResponse>, Status> {
-        Err(not_yet("ReopenContainerLog", "containers"))
+        Cri::reopen_container_log(self, r).await
     }
     async fn exec_sync(
         &self,
-        _r: Request<cri::ExecSyncRequest>,
+        r: Request<cri::ExecSyncRequest>,
     ) -> Result<Response<cri::ExecSyncResponse>, Status> {
-        Err(not_yet("ExecSync", "containers"))
+        Cri::exec_sync(self, r).await
     }
     async fn exec(
         &self,

@@ -5,7 +5,9 @@ use std::collections::HashMap;
 use crust_proto::cri;
 use tonic::{Request, Response, Status};
 
-use super::{Cri, convert, error, instrument};
+use std::sync::Arc;
+
+use super::{Cri, Services, container, convert, error, instrument};
 
 impl Cri {
     pub(super) async fn run_pod_sandbox(
@@ -40,11 +42,9 @@ impl Cri {
             if id.is_empty() {
                 return Err(Status::invalid_argument("pod_sandbox_id: empty"));
             }
-            let sandboxes = services.sandboxes.clone();
-            tokio::spawn(async move { sandboxes.stop(&id).await })
+            tokio::spawn(stop_pod(services, id))
                 .await
-                .map_err(|e| Status::internal(format!("stop task failed: {e}")))?
-                .map_err(|e| error::sandbox_status(&e))?;
+                .map_err(|e| Status::internal(format!("stop task failed: {e}")))??;
             Ok(cri::StopPodSandboxResponse {})
         })
         .await
@@ -60,11 +60,9 @@ impl Cri {
             if id.is_empty() {
                 return Err(Status::invalid_argument("pod_sandbox_id: empty"));
             }
-            let sandboxes = services.sandboxes.clone();
-            tokio::spawn(async move { sandboxes.remove(&id).await })
+            tokio::spawn(remove_pod(services, id))
                 .await
-                .map_err(|e| Status::internal(format!("remove task failed: {e}")))?
-                .map_err(|e| error::sandbox_status(&e))?;
+                .map_err(|e| Status::internal(format!("remove task failed: {e}")))??;
             Ok(cri::RemovePodSandboxResponse {})
         })
         .await
@@ -95,7 +93,12 @@ impl Cri {
             Ok(cri::PodSandboxStatusResponse {
                 status: Some(convert::sandbox_status(&record)),
                 info,
-                containers_statuses: Vec::new(),
+                containers_statuses: services
+                    .containers
+                    .of_sandbox(&record.id)
+                    .iter()
+                    .map(|c| convert::container_status(c))
+                    .collect(),
                 timestamp: super::now_nanos(),
             })
         })
@@ -128,4 +131,40 @@ fn sandbox_matches(s: &cri::PodSandbox, f: &cri::PodSandboxFilter) -> bool {
         && f.label_selector
             .iter()
             .all(|(k, v)| s.labels.get(k) == Some(v))
+}
+
+/// StopPodSandbox's work: the pod's containers first (kubelet has already given them
+/// their grace period), then the sandbox.
+async fn stop_pod(services: Arc<Services>, id: String) -> Result<(), Status> {
+    let sandbox = services
+        .sandboxes
+        .get(&id)
+        .ok_or_else(|| Status::not_found(format!("pod sandbox {id:?} not found")))?;
+    for c in services.containers.of_sandbox(&sandbox.id) {
+        services
+            .containers
+            .stop(&c.id, std::time::Duration::ZERO)
+            .await
+            .map_err(|e| error::container_status(&e))?;
+    }
+    services
+        .sandboxes
+        .stop(&sandbox.id)
+        .await
+        .map_err(|e| error::sandbox_status(&e))
+}
+
+/// RemovePodSandbox's work: remove the pod's containers, then the sandbox.
+async fn remove_pod(services: Arc<Services>, id: String) -> Result<(), Status> {
+    let Some(sandbox) = services.sandboxes.get(&id) else {
+        return Ok(());
+    };
+    for c in services.containers.of_sandbox(&sandbox.id) {
+        container::remove(Arc::clone(&services), c.id.clone()).await?;
+    }
+    services
+        .sandboxes
+        .remove(&sandbox.id)
+        .await
+        .map_err(|e| error::sandbox_status(&e))
 }

@@ -5,7 +5,10 @@
 //! mounts, sysctl validation, the OOM score clamp and the atomic write of config.json.
 //! The defaults are containerd 2's (`pkg/oci/spec.go`), which CRI-O matches.
 
+pub mod container;
 pub mod sandbox;
+pub mod seccomp;
+pub mod user;
 
 use std::collections::BTreeMap;
 use std::io::Write;

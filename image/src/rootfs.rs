@@ -1,0 +1,156 @@
+//! Container root filesystems: an overlay of the image's layers with a writable layer
+//! of the container's own.
+//!
+//! The layers a container uses are pinned in the `layer_pins` table (container id →
+//! diff_ids) so that neither RemoveImage nor garbage collection deletes them while the
+//! container exists, across restarts too.
+
+use std::collections::{HashMap, HashSet};
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use rustix::mount::{MountFlags, UnmountFlags};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ImageError, Result};
+
+/// Pins by container id; values are JSON [`Pin`]s.
+const PINS: TableDefinition<&str, &[u8]> = TableDefinition::new("layer_pins");
+
+/// Page size bounds the overlay mount options; longer option strings are refused by
+/// the kernel, so check first and say why.
+const MAX_MOUNT_OPTIONS: usize = 4000;
+
+/// What a container holds of the layer store.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Pin {
+    /// The layers, lowest first.
+    pub diff_ids: Vec<String>,
+    /// Where the rootfs is mounted.
+    pub mountpoint: PathBuf,
+    /// The writable layer (`upper`) and overlay's work directory live here.
+    pub rw_dir: PathBuf,
+}
+
+/// Loads every pin.
+pub(crate) fn load(db: &Database) -> Result<HashMap<String, Pin>> {
+    let txn = db.begin_write()?;
+    txn.open_table(PINS)?;
+    txn.commit()?;
+    let txn = db.begin_read()?;
+    let table = txn.open_table(PINS)?;
+    let mut out = HashMap::new();
+    for row in table.iter()? {
+        let (k, v) = row?;
+        if let Ok(pin) = serde_json::from_slice::<Pin>(v.value()) {
+            out.insert(k.value().to_string(), pin);
+        }
+    }
+    Ok(out)
+}
+
+pub(crate) fn put(db: &Database, id: &str, pin: &Pin) -> Result<()> {
+    let bytes = serde_json::to_vec(pin).map_err(|e| ImageError::Store(e.to_string()))?;
+    let txn = db.begin_write()?;
+    txn.open_table(PINS)?.insert(id, bytes.as_slice())?;
+    txn.commit()?;
+    Ok(())
+}
+
+pub(crate) fn delete(db: &Database, id: &str) -> Result<()> {
+    let txn = db.begin_write()?;
+    txn.open_table(PINS)?.remove(id)?;
+    txn.commit()?;
+    Ok(())
+}
+
+/// Layers pinned by any container.
+pub(crate) fn pinned(pins: &HashMap<String, Pin>) -> HashSet<String> {
+    pins.values()
+        .flat_map(|p| p.diff_ids.iter().cloned())
+        .collect()
+}
+
+/// The overlay mount options for `lower` (top layer first, as overlayfs wants).
+pub(crate) fn overlay_options(
+    lower_top_first: &[PathBuf],
+    upper: &Path,
+    work: &Path,
+) -> Result<String> {
+    let lower: Vec<String> = lower_top_first
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    for p in &lower {
+        if p.contains(',') || p.contains(':') {
+            return Err(ImageError::Store(format!(
+                "layer path {p} cannot be an overlay lower dir"
+            )));
+        }
+    }
+    let options = format!(
+        "lowerdir={},upperdir={},workdir={},index=off",
+        lower.join(":"),
+        upper.display(),
+        work.display()
+    );
+    if options.len() > MAX_MOUNT_OPTIONS {
+        return Err(ImageError::Store(format!(
+            "{} layers make overlay mount options of {} bytes, over the kernel's page",
+            lower.len(),
+            options.len()
+        )));
+    }
+    Ok(options)
+}
+
+/// Mounts the overlay. A single layer without a writable layer cannot be an overlay
+/// (overlayfs needs two lowers or an upper), but we always have an upper.
+pub(crate) fn mount_overlay(options: &str, target: &Path) -> std::io::Result<()> {
+    fs::create_dir_all(target)?;
+    let options = std::ffi::CString::new(options).map_err(std::io::Error::other)?;
+    rustix::mount::mount(
+        "overlay",
+        target,
+        "overlay",
+        MountFlags::empty(),
+        options.as_c_str(),
+    )
+    .map_err(std::io::Error::from)
+}
+
+/// Unmounts `target` if it is mounted; absent is fine.
+pub(crate) fn unmount(target: &Path) -> std::io::Result<()> {
+    loop {
+        match rustix::mount::unmount(target, UnmountFlags::DETACH) {
+            Ok(()) => continue,
+            Err(rustix::io::Errno::INVAL) | Err(rustix::io::Errno::NOENT) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_list_lowers_top_first_and_refuse_odd_paths() {
+        let o = overlay_options(
+            &["/l/b".into(), "/l/a".into()],
+            Path::new("/c/fs"),
+            Path::new("/c/work"),
+        )
+        .unwrap();
+        assert_eq!(
+            o,
+            "lowerdir=/l/b:/l/a,upperdir=/c/fs,workdir=/c/work,index=off"
+        );
+        assert!(overlay_options(&["/l/a:b".into()], Path::new("/u"), Path::new("/w")).is_err());
+        let many: Vec<PathBuf> = (0..100)
+            .map(|i| PathBuf::from(format!("/var/lib/crust/layers/{i:064}")))
+            .collect();
+        assert!(overlay_options(&many, Path::new("/u"), Path::new("/w")).is_err());
+    }
+}

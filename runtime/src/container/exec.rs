@@ -1,0 +1,191 @@
+//! ExecSync and UpdateContainerResources through the OCI runtime's `exec` and `update`.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use crust_proto::cri;
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::process::Command;
+
+use super::{ContainerError, ContainerRecord, Result};
+use crate::oci::OciRuntime;
+
+/// Output kept per stream, as kubelet caps ExecSync output (16 MiB).
+pub const MAX_OUTPUT: usize = 16 * 1024 * 1024;
+
+/// What an ExecSync produced.
+#[derive(Debug, Clone, Default)]
+pub struct ExecOutput {
+    /// Standard output (at most [`MAX_OUTPUT`]).
+    pub stdout: Vec<u8>,
+    /// Standard error (at most [`MAX_OUTPUT`]).
+    pub stderr: Vec<u8>,
+    /// The command's exit code.
+    pub exit_code: i32,
+}
+
+fn io_err(id: &str, step: &'static str) -> impl FnOnce(std::io::Error) -> ContainerError {
+    let id = id.to_string();
+    move |source| ContainerError::Io { id, step, source }
+}
+
+/// Reads a stream to its end, keeping at most `MAX_OUTPUT` bytes.
+async fn read_capped(mut r: impl AsyncRead + Unpin) -> Vec<u8> {
+    let mut kept = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match r.read(&mut buf).await {
+            Ok(0) | Err(_) => return kept,
+            Ok(n) => {
+                let room = MAX_OUTPUT.saturating_sub(kept.len());
+                kept.extend_from_slice(&buf[..n.min(room)]);
+            }
+        }
+    }
+}
+
+fn base_command(runtime: &OciRuntime, r: &ContainerRecord) -> Command {
+    let mut cmd = Command::new(runtime.binary());
+    cmd.arg("--root")
+        .arg(runtime.root())
+        .arg("--log")
+        .arg(r.bundle.join("log.json"))
+        .arg("--log-format")
+        .arg("json")
+        .env_remove("NOTIFY_SOCKET")
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .process_group(0);
+    cmd
+}
+
+/// Runs `cmd` in the container with its env, user and working directory.
+pub async fn exec_sync(
+    runtime: &OciRuntime,
+    r: &ContainerRecord,
+    cmd: Vec<String>,
+    timeout: Option<Duration>,
+) -> Result<ExecOutput> {
+    let id = r.id.as_str();
+    let spec = oci_spec::runtime::Spec::load(r.bundle.join("config.json"))
+        .map_err(|e| ContainerError::Invalid(format!("container {id}: read its spec: {e}")))?;
+    let process = crate::spec::container::exec_process(&spec, cmd, false);
+    let tag = hex::encode(rand::random::<[u8; 8]>());
+    let process_file = r.bundle.join(format!("exec-{tag}.json"));
+    let pid_file = r.bundle.join(format!("exec-{tag}.pid"));
+    let json = serde_json::to_vec(&process).map_err(|e| ContainerError::Invalid(e.to_string()))?;
+    std::fs::write(&process_file, json).map_err(io_err(id, "write exec process"))?;
+    let cleanup = || {
+        let _ = std::fs::remove_file(&process_file);
+        let _ = std::fs::remove_file(&pid_file);
+    };
+    let mut command = base_command(runtime, r);
+    command
+        .arg("exec")
+        .arg("--process")
+        .arg(&process_file)
+        .arg("--pid-file")
+        .arg(&pid_file)
+        .arg(id)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = match command.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            cleanup();
+            return Err(io_err(id, "exec")(e));
+        }
+    };
+    let stdout = child.stdout.take().map(|s| tokio::spawn(read_capped(s)));
+    let stderr = child.stderr.take().map(|s| tokio::spawn(read_capped(s)));
+    let waited = match timeout {
+        Some(t) => tokio::time::timeout(t, child.wait()).await.ok(),
+        None => Some(child.wait().await),
+    };
+    let Some(status) = waited else {
+        // Kill the exec'd process itself, not only runc: it lives in the container.
+        // runc makes it a session (and group) leader, so killing its group takes the
+        // children it started too.
+        if let Some(pid) = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok())
+        {
+            // SAFETY: kill(2) on the pid runc reported for this exec and its group; no
+            // memory effects.
+            unsafe {
+                libc::kill(-pid, libc::SIGKILL);
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
+        if let Some(group) = child.id() {
+            // SAFETY: kill(2) on the process group we created for this runc call.
+            unsafe { libc::kill(-(group as i32), libc::SIGKILL) };
+        }
+        let _ = child.kill().await;
+        cleanup();
+        return Err(ContainerError::Timeout {
+            id: id.to_string(),
+            message: format!(
+                "exec timed out after {}s",
+                timeout.unwrap_or_default().as_secs()
+            ),
+        });
+    };
+    let status = status.map_err(io_err(id, "exec"))?;
+    let out = ExecOutput {
+        stdout: match stdout {
+            Some(h) => h.await.unwrap_or_default(),
+            None => Vec::new(),
+        },
+        stderr: match stderr {
+            Some(h) => h.await.unwrap_or_default(),
+            None => Vec::new(),
+        },
+        exit_code: status.code().unwrap_or_else(|| {
+            128 + std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0)
+        }),
+    };
+    cleanup();
+    Ok(out)
+}
+
+/// Applies resources with the runtime's `update --resources`.
+pub async fn update(
+    runtime: &OciRuntime,
+    r: &ContainerRecord,
+    resources: &cri::LinuxContainerResources,
+) -> Result<()> {
+    let id = r.id.as_str();
+    let linux = crate::spec::container::linux_resources(resources);
+    let file = r.bundle.join(format!(
+        "update-{}.json",
+        hex::encode(rand::random::<[u8; 8]>())
+    ));
+    let json = serde_json::to_vec(&linux).map_err(|e| ContainerError::Invalid(e.to_string()))?;
+    std::fs::write(&file, json).map_err(io_err(id, "write resources"))?;
+    let mut command = base_command(runtime, r);
+    command
+        .arg("update")
+        .arg("--resources")
+        .arg(&file)
+        .arg(id)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let output = tokio::time::timeout(runtime.timeout(), command.output()).await;
+    let _ = std::fs::remove_file(&file);
+    let output = output
+        .map_err(|_| ContainerError::Timeout {
+            id: id.to_string(),
+            message: "runtime update timed out".into(),
+        })?
+        .map_err(io_err(id, "update"))?;
+    if !output.status.success() {
+        let log = std::fs::read(r.bundle.join("log.json")).unwrap_or_default();
+        let detail = crate::oci::last_log_error(&log)
+            .unwrap_or_else(|| String::from_utf8_lossy(&output.stderr).trim().to_string());
+        return Err(ContainerError::Invalid(format!(
+            "container {id}: update resources: {detail}"
+        )));
+    }
+    Ok(())
+}

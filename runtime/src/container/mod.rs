@@ -1,0 +1,764 @@
+//! Containers: creation under crust-monitor, start, stop, removal, exec, resource
+//! updates, and the in-memory index every List/Status call reads.
+//!
+//! Runtime truth comes from the monitor: crustd watches each monitor through a pidfd
+//! and reads its exit file when it ends, so an exit is noticed at once without polling
+//! the OCI runtime. Recovery re-adopts containers whose monitor still runs and takes
+//! the real exit code of those that ended while crustd was away.
+
+mod exec;
+pub mod record;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use crust_proto::cri;
+use redb::Database;
+use tokio::sync::watch;
+
+use crate::liveness;
+use crate::monitor::{self, MonitorSpawn};
+use crate::oci::OciRuntime;
+use crate::spec::container::{
+    ContainerSpecInput, HostFeatures, PodFilePaths, SandboxNamespaces, build_container_spec,
+    parse_signal,
+};
+use crate::{ErrorKind, RuntimeError};
+pub use exec::ExecOutput;
+pub use record::{ContainerRecord, RecordedUser, state};
+
+/// What can go wrong with a container operation.
+#[derive(Debug, thiserror::Error)]
+pub enum ContainerError {
+    /// The request is not acceptable.
+    #[error("{0}")]
+    Invalid(String),
+    /// No such container.
+    #[error("container {0:?} not found")]
+    NotFound(String),
+    /// The name is taken in the sandbox.
+    #[error("container name {name:?} is reserved for {id}")]
+    AlreadyExists {
+        /// The reserved name key.
+        name: String,
+        /// Its owner.
+        id: String,
+    },
+    /// The container is not in a state to do this.
+    #[error("container {id}: {message}")]
+    State {
+        /// The container.
+        id: String,
+        /// Why not.
+        message: String,
+    },
+    /// The OCI runtime, the monitor or the spec failed.
+    #[error("container {id}: {step}: {source}")]
+    Runtime {
+        /// The container.
+        id: String,
+        /// What was being done.
+        step: &'static str,
+        /// The cause (boxed: runtime failures carry their evidence and are large).
+        #[source]
+        source: Box<RuntimeError>,
+    },
+    /// A deadline passed.
+    #[error("container {id}: {message}")]
+    Timeout {
+        /// The container.
+        id: String,
+        /// What timed out.
+        message: String,
+    },
+    /// The metadata store failed.
+    #[error("container store: {0}")]
+    Store(String),
+    /// A file system step failed.
+    #[error("container {id}: {step}: {source}")]
+    Io {
+        /// The container.
+        id: String,
+        /// What was being done.
+        step: &'static str,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Kinds of [`ContainerError`], for wire codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContainerErrorKind {
+    /// Not found.
+    NotFound,
+    /// Name taken.
+    AlreadyExists,
+    /// Bad request.
+    InvalidArgument,
+    /// Wrong state.
+    FailedPrecondition,
+    /// Deadline passed.
+    DeadlineExceeded,
+    /// Anything else.
+    Internal,
+}
+
+impl ContainerError {
+    /// The kind of this error.
+    pub fn kind(&self) -> ContainerErrorKind {
+        match self {
+            ContainerError::Invalid(_) => ContainerErrorKind::InvalidArgument,
+            ContainerError::NotFound(_) => ContainerErrorKind::NotFound,
+            ContainerError::AlreadyExists { .. } => ContainerErrorKind::AlreadyExists,
+            ContainerError::State { .. } => ContainerErrorKind::FailedPrecondition,
+            ContainerError::Timeout { .. } => ContainerErrorKind::DeadlineExceeded,
+            ContainerError::Runtime { source, .. } => match source.kind() {
+                ErrorKind::InvalidArgument => ContainerErrorKind::InvalidArgument,
+                ErrorKind::NotFound => ContainerErrorKind::NotFound,
+                ErrorKind::FailedPrecondition => ContainerErrorKind::FailedPrecondition,
+                ErrorKind::DeadlineExceeded => ContainerErrorKind::DeadlineExceeded,
+                _ => ContainerErrorKind::Internal,
+            },
+            ContainerError::Store(_) | ContainerError::Io { .. } => ContainerErrorKind::Internal,
+        }
+    }
+}
+
+/// Result alias for container operations.
+pub type Result<T, E = ContainerError> = std::result::Result<T, E>;
+
+/// Nanoseconds since the epoch, now.
+fn now_nanos() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+/// How the container service is set up.
+#[derive(Debug, Clone)]
+pub struct ContainerOptions {
+    /// Runtime state directory; bundles live in `state/bundles/<id>`.
+    pub state: PathBuf,
+    /// The crust-monitor binary.
+    pub monitor_binary: PathBuf,
+    /// OCI runtimes by handler, the same instances the sandboxes use.
+    pub runtimes: HashMap<String, Arc<OciRuntime>>,
+}
+
+/// Everything CreateContainer needs, resolved by the caller.
+pub struct CreateRequest {
+    /// The sandbox id.
+    pub sandbox_id: String,
+    /// The sandbox's config.
+    pub sandbox_config: cri::PodSandboxConfig,
+    /// The container's config.
+    pub config: cri::ContainerConfig,
+    /// The runtime handler of the sandbox.
+    pub runtime_handler: String,
+    /// Image id, name as asked, digest reference.
+    pub image_id: String,
+    /// The image as the request named it.
+    pub image_name: String,
+    /// The image's digest reference.
+    pub image_ref: String,
+    /// The image config blob.
+    pub image_config: serde_json::Value,
+    /// The mounted rootfs.
+    pub rootfs: PathBuf,
+    /// How to join the pod's namespaces.
+    pub namespaces: SandboxNamespaces,
+    /// The pod's files.
+    pub pod_files: PodFilePaths,
+    /// The sandbox's cgroup parent (`/kubepods/...` or a slice).
+    pub cgroup_parent: String,
+    /// Whether the cgroup driver is systemd.
+    pub systemd_cgroup: bool,
+    /// Reserved id, when the caller already chose one (to name the rootfs).
+    pub id: String,
+}
+
+#[derive(Default)]
+struct Index {
+    by_id: HashMap<String, Arc<ContainerRecord>>,
+    names: HashMap<String, String>,
+}
+
+/// Containers on this node.
+pub struct ContainerService {
+    db: Arc<Database>,
+    options: ContainerOptions,
+    index: RwLock<Index>,
+    /// Per container: the exit notification (true once exited).
+    exits: Mutex<HashMap<String, watch::Sender<bool>>>,
+    /// What this node supports (capabilities, AppArmor, cgroup features).
+    host: HostFeatures,
+}
+
+fn rt(id: &str, step: &'static str) -> impl FnOnce(RuntimeError) -> ContainerError {
+    let id = id.to_string();
+    move |source| ContainerError::Runtime {
+        id,
+        step,
+        source: Box::new(source),
+    }
+}
+
+impl ContainerService {
+    /// Opens the service and reconciles records with monitors and exit files.
+    pub async fn open(db: Arc<Database>, options: ContainerOptions) -> Result<Arc<Self>> {
+        let service = Arc::new(ContainerService {
+            db,
+            options,
+            index: RwLock::new(Index::default()),
+            exits: Mutex::new(HashMap::new()),
+            host: HostFeatures::detect(),
+        });
+        service.recover().await?;
+        Ok(service)
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Index> {
+        // Updates are single inserts/removes; a panic cannot leave the index torn.
+        self.index.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Index> {
+        self.index.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn runtime(&self, handler: &str) -> Result<Arc<OciRuntime>> {
+        self.options.runtimes.get(handler).cloned().ok_or_else(|| {
+            ContainerError::Invalid(format!("runtime handler {handler:?} is not configured"))
+        })
+    }
+
+    fn bundle(&self, id: &str) -> PathBuf {
+        self.options.state.join("bundles").join(id)
+    }
+
+    fn publish(&self, record: ContainerRecord) -> Arc<ContainerRecord> {
+        let record = Arc::new(record);
+        self.write()
+            .by_id
+            .insert(record.id.clone(), Arc::clone(&record));
+        record
+    }
+
+    async fn recover(self: &Arc<Self>) -> Result<()> {
+        for mut r in record::load_all(&self.db)? {
+            if r.pid == 0 {
+                tracing::info!(container = %r.id, "undoing a container whose creation was interrupted");
+                self.release(&r).await;
+                record::delete(&self.db, &r.id)?;
+                continue;
+            }
+            if r.finished_at.is_none() {
+                if liveness::alive(r.monitor_pid, r.monitor_start) {
+                    self.watch(&r.id, r.monitor_pid);
+                } else {
+                    self.record_exit(&mut r);
+                    record::put(&self.db, &r)?;
+                }
+            }
+            let key = record::name_key(&r.sandbox_id, &r.metadata());
+            let mut index = self.write();
+            index.names.insert(key, r.id.clone());
+            index.by_id.insert(r.id.clone(), Arc::new(r));
+        }
+        Ok(())
+    }
+
+    /// Fills in the exit from the monitor's exit file (or marks it unknown).
+    fn record_exit(&self, r: &mut ContainerRecord) {
+        match monitor::read_exit_file(&r.exit_file()) {
+            Some(exit) => {
+                r.finished_at = Some(exit.exited_at);
+                r.exit_code = Some(exit.exit_code);
+                r.reason = if exit.oom_killed {
+                    "OOMKilled".into()
+                } else if exit.exit_code == 0 {
+                    "Completed".into()
+                } else {
+                    "Error".into()
+                };
+            }
+            None => {
+                r.finished_at = Some(now_nanos());
+                r.exit_code = Some(255);
+                r.reason = "Error".into();
+                r.message = "the container's monitor ended without recording an exit status".into();
+            }
+        }
+        if r.started_at.is_none() && r.finished_at.is_some() {
+            // Exited without ever starting (removed while created, or the monitor died).
+            r.started_at = None;
+        }
+    }
+
+    fn exit_channel(&self, id: &str) -> watch::Receiver<bool> {
+        let mut exits = self.exits.lock().unwrap_or_else(|p| p.into_inner());
+        exits
+            .entry(id.to_string())
+            .or_insert_with(|| watch::channel(false).0)
+            .subscribe()
+    }
+
+    /// Watches the monitor; when it ends, records the exit.
+    fn watch(self: &Arc<Self>, id: &str, monitor_pid: i32) {
+        let _ = self.exit_channel(id);
+        let weak = Arc::downgrade(self);
+        let id = id.to_string();
+        tokio::spawn(async move {
+            if let Err(e) = liveness::wait_exit(monitor_pid).await {
+                tracing::warn!(container = %id, error = %e, "cannot watch the monitor");
+                return;
+            }
+            let Some(service) = weak.upgrade() else {
+                return;
+            };
+            service.on_monitor_exit(&id);
+        });
+    }
+
+    fn on_monitor_exit(&self, id: &str) {
+        if let Some(current) = self.get(id)
+            && current.finished_at.is_none()
+        {
+            let mut r = (*current).clone();
+            self.record_exit(&mut r);
+            if let Err(e) = record::put(&self.db, &r) {
+                tracing::warn!(container = %id, error = %e, "cannot record the exit");
+            }
+            tracing::info!(container = %id, code = ?r.exit_code, reason = %r.reason, "container exited");
+            self.publish(r);
+        }
+        if let Some(tx) = self.exits.lock().unwrap_or_else(|p| p.into_inner()).get(id) {
+            let _ = tx.send(true);
+        }
+    }
+
+    /// A container by id or unique prefix.
+    pub fn get(&self, id: &str) -> Option<Arc<ContainerRecord>> {
+        let index = self.read();
+        if let Some(r) = index.by_id.get(id) {
+            return Some(Arc::clone(r));
+        }
+        if id.len() < 6 {
+            return None;
+        }
+        let mut it = index.by_id.iter().filter(|(k, _)| k.starts_with(id));
+        match (it.next(), it.next()) {
+            (Some((_, r)), None) => Some(Arc::clone(r)),
+            _ => None,
+        }
+    }
+
+    /// Every container.
+    pub fn list(&self) -> Vec<Arc<ContainerRecord>> {
+        self.read().by_id.values().cloned().collect()
+    }
+
+    /// Containers of one sandbox.
+    pub fn of_sandbox(&self, sandbox_id: &str) -> Vec<Arc<ContainerRecord>> {
+        self.read()
+            .by_id
+            .values()
+            .filter(|r| r.sandbox_id == sandbox_id)
+            .cloned()
+            .collect()
+    }
+
+    /// Reserves a container name in a sandbox and an id; returns the id.
+    pub fn reserve(&self, sandbox_id: &str, config: &cri::ContainerConfig) -> Result<String> {
+        let meta = config
+            .metadata
+            .as_ref()
+            .ok_or_else(|| ContainerError::Invalid("metadata: missing".into()))?;
+        if meta.name.is_empty() || meta.name.contains('/') {
+            return Err(ContainerError::Invalid(format!(
+                "metadata.name: {:?} is empty or has '/'",
+                meta.name
+            )));
+        }
+        let key = record::name_key(sandbox_id, meta);
+        let id = hex::encode(rand::random::<[u8; 32]>());
+        let mut index = self.write();
+        if let Some(owner) = index.names.get(&key) {
+            return Err(ContainerError::AlreadyExists {
+                name: key,
+                id: owner.clone(),
+            });
+        }
+        index.names.insert(key, id.clone());
+        Ok(id)
+    }
+
+    /// Releases a reservation made by [`ContainerService::reserve`] that was not used.
+    pub fn unreserve(&self, sandbox_id: &str, config: &cri::ContainerConfig, id: &str) {
+        if let Some(meta) = &config.metadata {
+            let key = record::name_key(sandbox_id, meta);
+            let mut index = self.write();
+            if index.names.get(&key).is_some_and(|owner| owner == id) {
+                index.names.remove(&key);
+            }
+        }
+    }
+
+    /// Creates a container under its monitor. On failure everything it did is undone
+    /// (the caller unmounts the rootfs it mounted and releases the reservation).
+    pub async fn create(self: &Arc<Self>, req: CreateRequest) -> Result<Arc<ContainerRecord>> {
+        let id = req.id.clone();
+        let runtime = self.runtime(&req.runtime_handler)?;
+        let log_dir = req.sandbox_config.log_directory.clone();
+        let log_path = match (log_dir.is_empty(), req.config.log_path.is_empty()) {
+            (_, true) => PathBuf::new(),
+            (true, false) => {
+                return Err(ContainerError::Invalid(
+                    "log_path given but the sandbox has no log_directory".into(),
+                ));
+            }
+            (false, false) => {
+                let rel = Path::new(&req.config.log_path);
+                if rel.is_absolute()
+                    || rel
+                        .components()
+                        .any(|c| matches!(c, std::path::Component::ParentDir))
+                {
+                    return Err(ContainerError::Invalid(format!(
+                        "log_path: {:?} must be relative, without ..",
+                        req.config.log_path
+                    )));
+                }
+                Path::new(&log_dir).join(rel)
+            }
+        };
+        let cgroups_path = if req.systemd_cgroup {
+            let slice = if req.cgroup_parent.is_empty() {
+                "system.slice"
+            } else {
+                req.cgroup_parent.as_str()
+            };
+            format!("{slice}:crust:{id}")
+        } else if req.cgroup_parent.is_empty() {
+            format!("/crust/{id}")
+        } else {
+            format!("{}/{}", req.cgroup_parent.trim_end_matches('/'), id)
+        };
+        let built = build_container_spec(&ContainerSpecInput {
+            id: &id,
+            sandbox_id: &req.sandbox_id,
+            host: &self.host,
+            config: &req.config,
+            sandbox_config: &req.sandbox_config,
+            image_config: &req.image_config,
+            rootfs: &req.rootfs,
+            sandbox: req.namespaces.clone(),
+            pod_files: req.pod_files.clone(),
+            cgroups_path: cgroups_path.clone(),
+        })
+        .map_err(rt(&id, "spec"))?;
+        let bundle = self.bundle(&id);
+        let mut record = ContainerRecord {
+            version: record::RECORD_VERSION,
+            id: id.clone(),
+            sandbox_id: req.sandbox_id.clone(),
+            config: req.config.clone(),
+            image_id: req.image_id,
+            image_name: req.image_name,
+            image_ref: req.image_ref,
+            runtime_handler: req.runtime_handler.clone(),
+            log_path,
+            bundle: bundle.clone(),
+            created_at: now_nanos(),
+            started_at: None,
+            finished_at: None,
+            exit_code: None,
+            reason: String::new(),
+            message: String::new(),
+            pid: 0,
+            pid_start: 0,
+            monitor_pid: 0,
+            monitor_start: 0,
+            stop_signal: built
+                .stop_signal
+                .as_deref()
+                .and_then(parse_signal)
+                .unwrap_or(libc::SIGTERM),
+            user: RecordedUser {
+                uid: built.user.uid,
+                gid: built.user.gid,
+                additional_gids: built.user.additional_gids.clone(),
+                username: built.user.username.clone(),
+            },
+            resources: req.config.linux.as_ref().and_then(|l| l.resources.clone()),
+        };
+        record::put(&self.db, &record)?;
+        let outcome = self
+            .bring_up(&mut record, &runtime, &built, &req.rootfs)
+            .await;
+        match outcome {
+            Ok(()) => {
+                let monitor_pid = record.monitor_pid;
+                let published = self.publish(record);
+                self.watch(&id, monitor_pid);
+                Ok(published)
+            }
+            Err(e) => {
+                self.release(&record).await;
+                let _ = record::delete(&self.db, &id);
+                Err(e)
+            }
+        }
+    }
+
+    async fn bring_up(
+        &self,
+        record: &mut ContainerRecord,
+        runtime: &OciRuntime,
+        built: &crate::spec::container::BuiltSpec,
+        rootfs: &Path,
+    ) -> Result<()> {
+        let id = record.id.clone();
+        let io = |step: &'static str| {
+            let id = id.clone();
+            move |source| ContainerError::Io { id, step, source }
+        };
+        for source in &built.bind_sources {
+            if std::fs::symlink_metadata(source).is_err() {
+                std::fs::create_dir_all(source).map_err(io("create mount source"))?;
+            }
+        }
+        for volume in &built.image_volumes {
+            let rel = volume.trim_start_matches('/');
+            if !rel.is_empty() && !rel.split('/').any(|c| c == "..") {
+                let _ = std::fs::create_dir_all(rootfs.join(rel));
+            }
+        }
+        std::fs::create_dir_all(&record.bundle).map_err(io("create bundle"))?;
+        crate::spec::write_spec(&record.bundle, &built.spec).map_err(rt(&id, "write spec"))?;
+        if let Some(parent) = record
+            .log_path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+        {
+            std::fs::create_dir_all(parent).map_err(io("create log directory"))?;
+        }
+        let linux = record.config.linux.clone().unwrap_or_default();
+        let _ = linux;
+        let spawn = MonitorSpawn {
+            binary: self.options.monitor_binary.clone(),
+            id: id.clone(),
+            bundle: record.bundle.clone(),
+            runtime_binary: runtime.binary().to_path_buf(),
+            runtime_root: runtime.root().to_path_buf(),
+            log_path: if record.log_path.as_os_str().is_empty() {
+                PathBuf::from("/dev/null")
+            } else {
+                record.log_path.clone()
+            },
+            exit_file: record.exit_file(),
+            attach_socket: record.attach_socket(),
+            tty: record.config.tty,
+            stdin: record.config.stdin,
+            stdin_once: record.config.stdin_once,
+        };
+        let started = monitor::spawn_monitor(&spawn, runtime.timeout())
+            .await
+            .map_err(rt(&id, "create"))?;
+        record.pid = started.container_pid;
+        record.pid_start = liveness::start_time(started.container_pid).unwrap_or(0);
+        record.monitor_pid = started.monitor_pid;
+        record.monitor_start = liveness::start_time(started.monitor_pid).unwrap_or(0);
+        record::put(&self.db, record)?;
+        Ok(())
+    }
+
+    /// Kills what runs, deletes the runtime state and the bundle. Idempotent.
+    async fn release(&self, r: &ContainerRecord) {
+        if let Ok(runtime) = self.runtime(&r.runtime_handler) {
+            let _ = runtime.kill(&r.id, libc::SIGKILL, true).await;
+            if r.monitor_pid > 0 && liveness::alive(r.monitor_pid, r.monitor_start) {
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(10),
+                    liveness::wait_exit(r.monitor_pid),
+                )
+                .await;
+            }
+            if let Err(e) = runtime.delete(&r.id, true).await {
+                tracing::warn!(container = %r.id, error = %e, "runtime delete");
+            }
+        }
+        if let Err(e) = std::fs::remove_dir_all(&r.bundle)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(container = %r.id, error = %e, "remove bundle");
+        }
+    }
+
+    /// Starts a created container.
+    pub async fn start(&self, id: &str) -> Result<()> {
+        let r = self
+            .get(id)
+            .ok_or_else(|| ContainerError::NotFound(id.to_string()))?;
+        if state(&r) != cri::ContainerState::ContainerCreated {
+            return Err(ContainerError::State {
+                id: r.id.clone(),
+                message: format!("cannot start: it is {:?}", state(&r)),
+            });
+        }
+        let runtime = self.runtime(&r.runtime_handler)?;
+        runtime.start(&r.id).await.map_err(rt(&r.id, "start"))?;
+        let mut updated = (*r).clone();
+        updated.started_at = Some(now_nanos());
+        // A container that exited at once may already have been recorded as exited.
+        if let Some(current) = self.get(&r.id)
+            && current.finished_at.is_some()
+        {
+            updated.finished_at = current.finished_at;
+            updated.exit_code = current.exit_code;
+            updated.reason = current.reason.clone();
+            updated.message = current.message.clone();
+        }
+        record::put(&self.db, &updated)?;
+        self.publish(updated);
+        Ok(())
+    }
+
+    /// Stops a container: its stop signal, then SIGKILL after `timeout` (at once for
+    /// 0). Returns once it has exited. Stopping an exited container succeeds.
+    pub async fn stop(&self, id: &str, timeout: Duration) -> Result<()> {
+        let r = self
+            .get(id)
+            .ok_or_else(|| ContainerError::NotFound(id.to_string()))?;
+        if r.finished_at.is_some() {
+            return Ok(());
+        }
+        let runtime = self.runtime(&r.runtime_handler)?;
+        let mut exited = self.exit_channel(&r.id);
+        if *exited.borrow() {
+            return Ok(());
+        }
+        if !timeout.is_zero() && r.started_at.is_some() {
+            runtime
+                .kill(&r.id, r.stop_signal, false)
+                .await
+                .map_err(rt(&r.id, "stop"))?;
+            if tokio::time::timeout(timeout, exited.wait_for(|e| *e))
+                .await
+                .is_ok()
+            {
+                return Ok(());
+            }
+        }
+        runtime
+            .kill(&r.id, libc::SIGKILL, true)
+            .await
+            .map_err(rt(&r.id, "kill"))?;
+        match tokio::time::timeout(Duration::from_secs(30), exited.wait_for(|e| *e)).await {
+            Ok(_) => Ok(()),
+            Err(_) => Err(ContainerError::Timeout {
+                id: r.id.clone(),
+                message: "did not exit after SIGKILL".into(),
+            }),
+        }
+    }
+
+    /// Removes a container (killing it if it runs). Logs stay. Unknown ids succeed.
+    /// The caller removes the rootfs afterwards.
+    pub async fn remove(&self, id: &str) -> Result<Option<Arc<ContainerRecord>>> {
+        let Some(r) = self.get(id) else {
+            return Ok(None);
+        };
+        if r.finished_at.is_none() && r.pid > 0 {
+            self.stop(&r.id, Duration::ZERO).await?;
+        }
+        let current = self.get(&r.id).unwrap_or(r);
+        self.release(&current).await;
+        record::delete(&self.db, &current.id)?;
+        let key = record::name_key(&current.sandbox_id, &current.metadata());
+        let mut index = self.write();
+        index.by_id.remove(&current.id);
+        if index.names.get(&key) == Some(&current.id) {
+            index.names.remove(&key);
+        }
+        drop(index);
+        self.exits
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&current.id);
+        Ok(Some(current))
+    }
+
+    /// Applies new resources through the runtime's `update`, then records them.
+    pub async fn update_resources(
+        &self,
+        id: &str,
+        resources: cri::LinuxContainerResources,
+    ) -> Result<()> {
+        let r = self
+            .get(id)
+            .ok_or_else(|| ContainerError::NotFound(id.to_string()))?;
+        if r.finished_at.is_some() {
+            return Err(ContainerError::State {
+                id: r.id.clone(),
+                message: "cannot update an exited container".into(),
+            });
+        }
+        let runtime = self.runtime(&r.runtime_handler)?;
+        exec::update(&runtime, &r, &resources).await?;
+        let mut updated = (*r).clone();
+        updated.resources = Some(resources);
+        record::put(&self.db, &updated)?;
+        self.publish(updated);
+        Ok(())
+    }
+
+    /// Makes the monitor reopen the log file (after kubelet renamed it).
+    pub async fn reopen_log(&self, id: &str) -> Result<()> {
+        let r = self
+            .get(id)
+            .ok_or_else(|| ContainerError::NotFound(id.to_string()))?;
+        if state(&r) != cri::ContainerState::ContainerRunning {
+            return Err(ContainerError::State {
+                id: r.id.clone(),
+                message: "the container is not running".into(),
+            });
+        }
+        monitor::reopen_log(&r.attach_socket())
+            .await
+            .map_err(rt(&r.id, "reopen log"))
+    }
+
+    /// Runs a command in a running container and collects its output.
+    pub async fn exec_sync(
+        &self,
+        id: &str,
+        cmd: Vec<String>,
+        timeout: Option<Duration>,
+    ) -> Result<ExecOutput> {
+        let r = self
+            .get(id)
+            .ok_or_else(|| ContainerError::NotFound(id.to_string()))?;
+        if state(&r) != cri::ContainerState::ContainerRunning {
+            return Err(ContainerError::State {
+                id: r.id.clone(),
+                message: "the container is not running".into(),
+            });
+        }
+        if cmd.is_empty() {
+            return Err(ContainerError::Invalid("cmd: empty".into()));
+        }
+        let runtime = self.runtime(&r.runtime_handler)?;
+        exec::exec_sync(&runtime, &r, cmd, timeout).await
+    }
+
+    /// The OCI spec the container was created with (for verbose status).
+    pub fn spec_json(&self, r: &ContainerRecord) -> Option<serde_json::Value> {
+        let text = std::fs::read(r.bundle.join("config.json")).ok()?;
+        serde_json::from_slice(&text).ok()
+    }
+}

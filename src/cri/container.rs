@@ -1,0 +1,359 @@
+//! The container RPCs: Create, Start, Stop, Remove, Status, List, UpdateContainerResources,
+//! ReopenContainerLog and ExecSync.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crust_proto::cri;
+use crust_runtime::container::{CreateRequest, state};
+use tonic::{Request, Response, Status};
+
+use super::{Cri, Services, convert, error, instrument};
+
+fn not_found(id: &str) -> Status {
+    Status::not_found(format!("container {id:?} not found"))
+}
+
+impl Cri {
+    pub(super) async fn create_container(
+        &self,
+        request: Request<cri::CreateContainerRequest>,
+    ) -> Result<Response<cri::CreateContainerResponse>, Status> {
+        let req = request.into_inner();
+        instrument::instrument("CreateContainer", async {
+            let services = self.services()?;
+            // Detached so that kubelet giving up cannot leave a container half-made.
+            let id = tokio::spawn(create(services, req))
+                .await
+                .map_err(|e| Status::internal(format!("create task failed: {e}")))??;
+            Ok(cri::CreateContainerResponse { container_id: id })
+        })
+        .await
+    }
+
+    pub(super) async fn start_container(
+        &self,
+        request: Request<cri::StartContainerRequest>,
+    ) -> Result<Response<cri::StartContainerResponse>, Status> {
+        let id = request.into_inner().container_id;
+        instrument::instrument("StartContainer", async {
+            let services = self.services()?;
+            let containers = services.containers.clone();
+            tokio::spawn(async move { containers.start(&id).await })
+                .await
+                .map_err(|e| Status::internal(format!("start task failed: {e}")))?
+                .map_err(|e| error::container_status(&e))?;
+            Ok(cri::StartContainerResponse {})
+        })
+        .await
+    }
+
+    pub(super) async fn stop_container(
+        &self,
+        request: Request<cri::StopContainerRequest>,
+    ) -> Result<Response<cri::StopContainerResponse>, Status> {
+        let req = request.into_inner();
+        instrument::instrument("StopContainer", async {
+            let services = self.services()?;
+            let containers = services.containers.clone();
+            let timeout = Duration::from_secs(req.timeout.max(0) as u64);
+            tokio::spawn(async move { containers.stop(&req.container_id, timeout).await })
+                .await
+                .map_err(|e| Status::internal(format!("stop task failed: {e}")))?
+                .map_err(|e| error::container_status(&e))?;
+            Ok(cri::StopContainerResponse {})
+        })
+        .await
+    }
+
+    pub(super) async fn remove_container(
+        &self,
+        request: Request<cri::RemoveContainerRequest>,
+    ) -> Result<Response<cri::RemoveContainerResponse>, Status> {
+        let id = request.into_inner().container_id;
+        instrument::instrument("RemoveContainer", async {
+            let services = self.services()?;
+            tokio::spawn(remove(services, id))
+                .await
+                .map_err(|e| Status::internal(format!("remove task failed: {e}")))??;
+            Ok(cri::RemoveContainerResponse {})
+        })
+        .await
+    }
+
+    pub(super) async fn container_status(
+        &self,
+        request: Request<cri::ContainerStatusRequest>,
+    ) -> Result<Response<cri::ContainerStatusResponse>, Status> {
+        let req = request.into_inner();
+        instrument::instrument("ContainerStatus", async {
+            let services = self.services()?;
+            let r = services
+                .containers
+                .get(&req.container_id)
+                .ok_or_else(|| not_found(&req.container_id))?;
+            let mut info = HashMap::new();
+            if req.verbose {
+                let verbose = serde_json::json!({
+                    "sandboxID": r.sandbox_id,
+                    "pid": r.pid,
+                    "monitorPid": r.monitor_pid,
+                    "runtimeHandler": r.runtime_handler,
+                    "config": r.config,
+                    "runtimeSpec": services.containers.spec_json(&r),
+                });
+                info.insert("info".to_string(), verbose.to_string());
+            }
+            Ok(cri::ContainerStatusResponse {
+                status: Some(convert::container_status(&r)),
+                info,
+            })
+        })
+        .await
+    }
+
+    pub(super) async fn list_containers(
+        &self,
+        request: Request<cri::ListContainersRequest>,
+    ) -> Result<Response<cri::ListContainersResponse>, Status> {
+        let filter = request.into_inner().filter;
+        instrument::instrument("ListContainers", async {
+            let services = self.services()?;
+            let containers = services
+                .containers
+                .list()
+                .iter()
+                .filter(|r| filter.as_ref().is_none_or(|f| container_matches(r, f)))
+                .map(|r| convert::container(r))
+                .collect();
+            Ok(cri::ListContainersResponse { containers })
+        })
+        .await
+    }
+
+    pub(super) async fn update_container_resources(
+        &self,
+        request: Request<cri::UpdateContainerResourcesRequest>,
+    ) -> Result<Response<cri::UpdateContainerResourcesResponse>, Status> {
+        let req = request.into_inner();
+        instrument::instrument("UpdateContainerResources", async {
+            let services = self.services()?;
+            let resources = req
+                .linux
+                .ok_or_else(|| Status::invalid_argument("linux: no resources given"))?;
+            let containers = services.containers.clone();
+            tokio::spawn(async move {
+                containers
+                    .update_resources(&req.container_id, resources)
+                    .await
+            })
+            .await
+            .map_err(|e| Status::internal(format!("update task failed: {e}")))?
+            .map_err(|e| error::container_status(&e))?;
+            Ok(cri::UpdateContainerResourcesResponse {})
+        })
+        .await
+    }
+
+    pub(super) async fn reopen_container_log(
+        &self,
+        request: Request<cri::ReopenContainerLogRequest>,
+    ) -> Result<Response<cri::ReopenContainerLogResponse>, Status> {
+        let id = request.into_inner().container_id;
+        instrument::instrument("ReopenContainerLog", async {
+            let services = self.services()?;
+            services
+                .containers
+                .reopen_log(&id)
+                .await
+                .map_err(|e| error::container_status(&e))?;
+            Ok(cri::ReopenContainerLogResponse {})
+        })
+        .await
+    }
+
+    pub(super) async fn exec_sync(
+        &self,
+        request: Request<cri::ExecSyncRequest>,
+    ) -> Result<Response<cri::ExecSyncResponse>, Status> {
+        let req = request.into_inner();
+        instrument::instrument("ExecSync", async {
+            let services = self.services()?;
+            // Seconds; 0 means no timeout, as kubelet sends it.
+            let timeout = (req.timeout > 0).then(|| Duration::from_secs(req.timeout as u64));
+            let out = services
+                .containers
+                .exec_sync(&req.container_id, req.cmd, timeout)
+                .await
+                .map_err(|e| error::container_status(&e))?;
+            Ok(cri::ExecSyncResponse {
+                stdout: out.stdout,
+                stderr: out.stderr,
+                exit_code: out.exit_code,
+            })
+        })
+        .await
+    }
+}
+
+fn container_matches(
+    r: &crust_runtime::container::ContainerRecord,
+    f: &cri::ContainerFilter,
+) -> bool {
+    (f.id.is_empty() || r.id.starts_with(&f.id))
+        && (f.pod_sandbox_id.is_empty() || r.sandbox_id.starts_with(&f.pod_sandbox_id))
+        && f.state.as_ref().is_none_or(|s| s.state == state(r) as i32)
+        && f.label_selector
+            .iter()
+            .all(|(k, v)| r.config.labels.get(k) == Some(v))
+}
+
+/// CreateContainer's work: resolve the image, mount the rootfs, create under a monitor;
+/// undo the mount and the name reservation on failure.
+async fn create(
+    services: Arc<Services>,
+    req: cri::CreateContainerRequest,
+) -> Result<String, Status> {
+    let config = req
+        .config
+        .ok_or_else(|| Status::invalid_argument("config: missing"))?;
+    let sandbox = services.sandboxes.get(&req.pod_sandbox_id).ok_or_else(|| {
+        Status::not_found(format!("pod sandbox {:?} not found", req.pod_sandbox_id))
+    })?;
+    if !sandbox.is_ready() {
+        return Err(Status::failed_precondition(format!(
+            "pod sandbox {} is not ready",
+            sandbox.id
+        )));
+    }
+    let image_name = config
+        .image
+        .as_ref()
+        .map(|i| i.image.clone())
+        .filter(|i| !i.is_empty())
+        .ok_or_else(|| Status::invalid_argument("image: no image given"))?;
+    let image = services.images.resolve(&image_name).ok_or_else(|| {
+        Status::not_found(format!(
+            "image {image_name:?} is not present; pull it first"
+        ))
+    })?;
+    let id = services
+        .containers
+        .reserve(&sandbox.id, &config)
+        .map_err(|e| error::container_status(&e))?;
+    let mountpoint = services
+        .config
+        .state
+        .join("containers")
+        .join(&id)
+        .join("rootfs");
+    let rootfs = match services
+        .images
+        .create_rootfs(&image, &id, &mountpoint)
+        .await
+    {
+        Ok(p) => p,
+        Err(e) => {
+            services.containers.unreserve(&sandbox.id, &config, &id);
+            return Err(error::image_status(&e));
+        }
+    };
+    let sandbox_config = req.sandbox_config.unwrap_or_else(|| sandbox.config.clone());
+    let create = CreateRequest {
+        id: id.clone(),
+        sandbox_id: sandbox.id.clone(),
+        sandbox_config,
+        config: config.clone(),
+        runtime_handler: sandbox.runtime_handler.clone(),
+        image_id: image.id.clone(),
+        image_name,
+        image_ref: image
+            .repo_digests
+            .first()
+            .cloned()
+            .unwrap_or_else(|| image.id.clone()),
+        image_config: image.config_json(),
+        rootfs,
+        namespaces: namespaces(&sandbox, &config, &services),
+        pod_files: pod_files(&services, &sandbox),
+        cgroup_parent: sandbox
+            .config
+            .linux
+            .as_ref()
+            .map(|l| l.cgroup_parent.clone())
+            .unwrap_or_default(),
+        systemd_cgroup: services.config.cgroup_driver == crate::config::CgroupDriver::Systemd,
+    };
+    match services.containers.create(create).await {
+        Ok(r) => Ok(r.id.clone()),
+        Err(e) => {
+            services.containers.unreserve(&sandbox.id, &config, &id);
+            if let Err(cleanup) = services.images.remove_rootfs(&id).await {
+                tracing::warn!(container = %id, error = %cleanup, "rootfs cleanup after a failed create");
+            }
+            let _ = std::fs::remove_dir_all(services.config.state.join("containers").join(&id));
+            Err(error::container_status(&e))
+        }
+    }
+}
+
+/// RemoveContainer's work: the container, then its rootfs and writable layer.
+pub(super) async fn remove(services: Arc<Services>, id: String) -> Result<(), Status> {
+    let removed = services
+        .containers
+        .remove(&id)
+        .await
+        .map_err(|e| error::container_status(&e))?;
+    let Some(r) = removed else {
+        return Ok(());
+    };
+    services
+        .images
+        .remove_rootfs(&r.id)
+        .await
+        .map_err(|e| error::image_status(&e))?;
+    let _ = std::fs::remove_dir_all(services.config.state.join("containers").join(&r.id));
+    Ok(())
+}
+
+/// How the container joins its pod: the pause process's namespaces, or the host's.
+fn namespaces(
+    sandbox: &crust_sandbox::SandboxRecord,
+    config: &cri::ContainerConfig,
+    services: &Services,
+) -> crust_runtime::spec::container::SandboxNamespaces {
+    let pod = sandbox.namespace_options();
+    let node = cri::NamespaceMode::Node as i32;
+    let target_pid = config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .and_then(|s| s.namespace_options.as_ref())
+        .filter(|n| n.pid == cri::NamespaceMode::Target as i32)
+        .and_then(|n| services.containers.get(&n.target_id))
+        .map(|t| t.pid as u32);
+    crust_runtime::spec::container::SandboxNamespaces {
+        pause_pid: sandbox.pid as u32,
+        netns: sandbox.netns.clone(),
+        host_network: pod.network == node,
+        host_ipc: pod.ipc == node,
+        host_pid: pod.pid == node,
+        target_pid,
+    }
+}
+
+/// The pod's files for the container to mount.
+fn pod_files(
+    services: &Services,
+    sandbox: &crust_sandbox::SandboxRecord,
+) -> crust_runtime::spec::container::PodFilePaths {
+    let files = services.sandboxes.pod_files(&sandbox.id);
+    let host_ipc = sandbox.namespace_options().ipc == cri::NamespaceMode::Node as i32;
+    crust_runtime::spec::container::PodFilePaths {
+        hostname: Some(files.hostname()),
+        hosts: Some(files.hosts()),
+        resolv_conf: Some(files.resolv_conf()),
+        shm: (!host_ipc).then(|| files.shm.clone()),
+    }
+}

@@ -1,0 +1,766 @@
+//! End-to-end: containers of a real crustd under crust-monitor, with real runc, CNI
+//! plugins and busybox images pulled from a registry on loopback.
+
+mod support;
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crust_proto::cri;
+use serde_json::json;
+use support::cni::TestNetwork;
+use support::crustd::{CriClient, Crustd};
+use support::oci::{self, ImageSpec};
+use support::registry::Registry;
+use tonic::Code;
+
+/// A daemon with a network, a pulled busybox image and one running pod.
+struct Pod {
+    d: Crustd,
+    _net: TestNetwork,
+    _reg: Registry,
+    c: CriClient,
+    image: String,
+    sandbox: String,
+    sandbox_config: cri::PodSandboxConfig,
+    logs: PathBuf,
+    /// Dropped last, after the daemon removed every pod: the pod cgroup parent goes.
+    _cgroups: CgroupParent,
+}
+
+/// The test's pod cgroup parent (what kubelet would create and delete).
+struct CgroupParent(String);
+
+impl Drop for CgroupParent {
+    fn drop(&mut self) {
+        for ctrl in fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let _ = fs::remove_dir(ctrl.path().join(self.0.trim_start_matches('/')));
+        }
+    }
+}
+
+async fn pod_with_image(image: ImageSpec) -> Pod {
+    let reg = Registry::start();
+    oci::push_image(&reg.host(), "test/box", "1", &image).await;
+    let d = Crustd::start().await;
+    let net = TestNetwork::create(&d.cni_conf_dir(), d.dir(), &[]);
+    let mut c = d.client().await;
+    let name = format!("{}/test/box:1", reg.host());
+    c.image
+        .pull_image(cri::PullImageRequest {
+            image: Some(cri::ImageSpec {
+                image: name.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let logs = d.dir().join("pod-logs");
+    let cgroup_parent = format!(
+        "/crust-test-{}-{}",
+        std::process::id(),
+        d.dir().file_name().unwrap().to_string_lossy()
+    );
+    let sandbox_config = cri::PodSandboxConfig {
+        metadata: Some(cri::PodSandboxMetadata {
+            name: "pod".into(),
+            uid: "uid-pod".into(),
+            namespace: "default".into(),
+            attempt: 0,
+        }),
+        hostname: "pod".into(),
+        log_directory: logs.display().to_string(),
+        linux: Some(cri::LinuxPodSandboxConfig {
+            cgroup_parent: cgroup_parent.clone(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let sandbox = c
+        .runtime
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(sandbox_config.clone()),
+            runtime_handler: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_sandbox_id;
+    Pod {
+        d,
+        _net: net,
+        _reg: reg,
+        c,
+        image: name,
+        sandbox,
+        sandbox_config,
+        logs,
+        _cgroups: CgroupParent(cgroup_parent),
+    }
+}
+
+async fn pod() -> Pod {
+    pod_with_image(oci::busybox_image()).await
+}
+
+impl Pod {
+    fn config(&self, name: &str, cmd: &[&str]) -> cri::ContainerConfig {
+        cri::ContainerConfig {
+            metadata: Some(cri::ContainerMetadata {
+                name: name.into(),
+                attempt: 0,
+            }),
+            image: Some(cri::ImageSpec {
+                image: self.image.clone(),
+                ..Default::default()
+            }),
+            command: cmd.iter().map(|s| s.to_string()).collect(),
+            log_path: format!("{name}/0.log"),
+            labels: HashMap::from([("name".to_string(), name.to_string())]),
+            ..Default::default()
+        }
+    }
+
+    async fn create(&mut self, config: cri::ContainerConfig) -> Result<String, tonic::Status> {
+        self.c
+            .runtime
+            .create_container(cri::CreateContainerRequest {
+                pod_sandbox_id: self.sandbox.clone(),
+                config: Some(config),
+                sandbox_config: Some(self.sandbox_config.clone()),
+            })
+            .await
+            .map(|r| r.into_inner().container_id)
+    }
+
+    async fn start(&mut self, id: &str) {
+        self.c
+            .runtime
+            .start_container(cri::StartContainerRequest {
+                container_id: id.into(),
+            })
+            .await
+            .unwrap();
+    }
+
+    async fn run(&mut self, config: cri::ContainerConfig) -> String {
+        let id = self.create(config).await.unwrap();
+        self.start(&id).await;
+        id
+    }
+
+    async fn status(&mut self, id: &str) -> (cri::ContainerStatus, serde_json::Value) {
+        let r = self
+            .c
+            .runtime
+            .container_status(cri::ContainerStatusRequest {
+                container_id: id.into(),
+                verbose: true,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        (
+            r.status.unwrap(),
+            serde_json::from_str(&r.info["info"]).unwrap(),
+        )
+    }
+
+    async fn wait_exit(&mut self, id: &str) -> cri::ContainerStatus {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (st, _) = self.status(id).await;
+            if st.state == cri::ContainerState::ContainerExited as i32 {
+                return st;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "container {id} did not exit: {st:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The container's log as (stream, tag, text) records.
+    fn log(&self, name: &str) -> Vec<(String, String, String)> {
+        let text = fs::read_to_string(self.logs.join(name).join("0.log")).unwrap_or_default();
+        text.lines()
+            .map(|l| {
+                let mut parts = l.splitn(4, ' ');
+                let time = parts.next().unwrap();
+                assert!(
+                    time.ends_with('Z') && time.contains('T'),
+                    "bad time in {l:?}"
+                );
+                let stream = parts.next().unwrap().to_string();
+                let tag = parts.next().unwrap().to_string();
+                (stream, tag, parts.next().unwrap_or("").to_string())
+            })
+            .collect()
+    }
+
+    fn stdout(&self, name: &str) -> String {
+        self.log(name)
+            .iter()
+            .filter(|(s, _, _)| s == "stdout")
+            .map(|(_, _, t)| format!("{t}\n"))
+            .collect()
+    }
+
+    async fn exec(
+        &mut self,
+        id: &str,
+        cmd: &[&str],
+        timeout: i64,
+    ) -> Result<cri::ExecSyncResponse, tonic::Status> {
+        self.c
+            .runtime
+            .exec_sync(cri::ExecSyncRequest {
+                container_id: id.into(),
+                cmd: cmd.iter().map(|s| s.to_string()).collect(),
+                timeout,
+            })
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    async fn stop(&mut self, id: &str, timeout: i64) {
+        self.c
+            .runtime
+            .stop_container(cri::StopContainerRequest {
+                container_id: id.into(),
+                timeout,
+            })
+            .await
+            .unwrap();
+    }
+
+    async fn remove(&mut self, id: &str) {
+        self.c
+            .runtime
+            .remove_container(cri::RemoveContainerRequest {
+                container_id: id.into(),
+            })
+            .await
+            .unwrap();
+    }
+}
+
+fn sh(script: &str) -> Vec<&str> {
+    vec!["/bin/sh", "-c", script]
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn command_args_env_workdir_and_user_merge_with_the_image() {
+    let mut image = oci::busybox_image();
+    image.config = json!({
+        "Entrypoint": ["/bin/sh", "-c"],
+        "Cmd": ["echo image-cmd $A $B; pwd; id -u; id -g"],
+        "Env": ["PATH=/bin", "A=image-a", "B=image-b"],
+        "WorkingDir": "/tmp",
+        "User": "1000:1000",
+    });
+    let mut p = pod_with_image(image).await;
+    // The image's entrypoint and cmd, env, working dir and user.
+    let id = p.run(p.config("plain", &[])).await;
+    assert_eq!(p.wait_exit(&id).await.exit_code, 0);
+    assert_eq!(
+        p.stdout("plain"),
+        "image-cmd image-a image-b\n/tmp\n1000\n1000\n"
+    );
+    // args override cmd; envs add and override; working_dir; run_as_user.
+    let mut c = p.config("override", &[]);
+    c.args = vec!["echo args $A $B $C; pwd; id -u; id -G".into()];
+    c.envs = vec![
+        cri::KeyValue {
+            key: "B".into(),
+            value: "cri-b".into(),
+        },
+        cri::KeyValue {
+            key: "C".into(),
+            value: "cri-c".into(),
+        },
+    ];
+    c.working_dir = "/home".into();
+    c.linux = Some(cri::LinuxContainerConfig {
+        security_context: Some(cri::LinuxContainerSecurityContext {
+            run_as_user: Some(cri::Int64Value { value: 0 }),
+            supplemental_groups: vec![2000],
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let id = p.run(c).await;
+    assert_eq!(p.wait_exit(&id).await.exit_code, 0);
+    assert_eq!(
+        p.stdout("override"),
+        "args image-a cri-b cri-c\n/home\n0\n0 2000\n"
+    );
+    // command overrides the entrypoint (and drops the image's cmd); a user by name
+    // resolves through the image's /etc/passwd and /etc/group.
+    let mut c = p.config("named", &["/bin/sh", "-c", "id -u; id -G; echo $HOME"]);
+    c.linux = Some(cri::LinuxContainerConfig {
+        security_context: Some(cri::LinuxContainerSecurityContext {
+            run_as_username: "app".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let id = p.run(c).await;
+    let st = p.wait_exit(&id).await;
+    assert_eq!(st.exit_code, 0);
+    assert_eq!(p.stdout("named"), "1000\n1000 2000\n/home/app\n");
+    let user = st.user.unwrap().linux.unwrap();
+    assert_eq!((user.uid, user.gid), (1000, 1000));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn logs_exit_codes_reasons_and_reopen() {
+    let mut p = pod().await;
+    let long = "x".repeat(40 * 1024);
+    let script =
+        format!("echo out; echo err >&2; printf partial; sleep 0.2; echo; echo {long}; exit 3");
+    let id = p.run(p.config("logs", &sh(&script))).await;
+    let st = p.wait_exit(&id).await;
+    assert_eq!(st.exit_code, 3);
+    assert_eq!(st.reason, "Error");
+    assert!(st.finished_at >= st.started_at && st.started_at >= st.created_at);
+    assert_eq!(st.log_path, p.logs.join("logs/0.log").display().to_string());
+    let log = p.log("logs");
+    assert!(
+        log.contains(&("stdout".into(), "F".into(), "out".into())),
+        "{log:?}"
+    );
+    assert!(
+        log.contains(&("stderr".into(), "F".into(), "err".into())),
+        "{log:?}"
+    );
+    // "partial" arrived before its newline: a P record, then the rest as F.
+    let joined: String = log
+        .iter()
+        .filter(|(s, _, _)| s == "stdout")
+        .map(|(_, t, x)| {
+            if t == "P" {
+                x.clone()
+            } else {
+                format!("{x}\n")
+            }
+        })
+        .collect();
+    assert!(joined.contains("partial\n"), "{joined}");
+    assert!(joined.contains(&format!("{long}\n")));
+    assert!(
+        log.iter()
+            .any(|(_, t, x)| t == "P" && x.starts_with("xxxx")),
+        "long line not split"
+    );
+
+    let ok = p.run(p.config("ok", &["/bin/true"])).await;
+    let st = p.wait_exit(&ok).await;
+    assert_eq!((st.exit_code, st.reason.as_str()), (0, "Completed"));
+
+    // Rotation: kubelet renames the file and asks the runtime to reopen.
+    let id = p
+        .run(p.config(
+            "rotate",
+            &sh("i=0; while true; do echo line$i; i=$((i+1)); sleep 0.05; done"),
+        ))
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let path = p.logs.join("rotate/0.log");
+    fs::rename(&path, p.logs.join("rotate/0.log.1")).unwrap();
+    p.c.runtime
+        .reopen_container_log(cri::ReopenContainerLogRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let fresh = fs::read_to_string(&path).unwrap();
+    assert!(fresh.lines().count() >= 2, "{fresh}");
+    p.stop(&id, 0).await;
+    let err =
+        p.c.runtime
+            .reopen_container_log(cri::ReopenContainerLogRequest {
+                container_id: id.clone(),
+            })
+            .await
+            .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stop_kills_what_ignores_sigterm_and_stops_are_idempotent() {
+    let mut p = pod().await;
+    let id = p
+        .run(p.config(
+            "stubborn",
+            &sh("trap '' TERM; while true; do sleep 0.1; done"),
+        ))
+        .await;
+    let (_, info) = p.status(&id).await;
+    let pid = info["pid"].as_i64().unwrap();
+    let start = Instant::now();
+    p.stop(&id, 1).await;
+    let took = start.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(10),
+        "{took:?}"
+    );
+    let st = p.wait_exit(&id).await;
+    assert_eq!(st.exit_code, 137);
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists()
+            || fs::read_to_string(format!("/proc/{pid}/stat"))
+                .unwrap()
+                .contains(") Z")
+    );
+    p.stop(&id, 10).await;
+    // A polite one stops at once on SIGTERM.
+    let id2 = p.run(p.config("polite", &["/bin/sleep", "1000"])).await;
+    let start = Instant::now();
+    p.stop(&id2, 30).await;
+    assert!(start.elapsed() < Duration::from_secs(5));
+    assert_eq!(p.wait_exit(&id2).await.exit_code, 143);
+    p.remove(&id).await;
+    p.remove(&id).await;
+    let err =
+        p.c.runtime
+            .container_status(cri::ContainerStatusRequest {
+                container_id: id.clone(),
+                verbose: false,
+            })
+            .await
+            .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    // The log stays after removal.
+    assert!(p.logs.join("stubborn/0.log").exists());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn security_context_mounts_and_resources() {
+    let mut p = pod().await;
+    let host_dir = p.d.dir().join("shared");
+    fs::create_dir_all(&host_dir).unwrap();
+    fs::write(host_dir.join("hello"), "from host").unwrap();
+    let mut c = p.config("secure", &sh("cat /data/hello; echo; touch /x 2>/dev/null && echo rw-root || echo ro-root; touch /data/y 2>/dev/null && echo rw-mount || echo ro-mount; grep CapEff /proc/self/status; sleep 1000"));
+    c.mounts = vec![cri::Mount {
+        container_path: "/data".into(),
+        host_path: host_dir.display().to_string(),
+        readonly: true,
+        propagation: cri::MountPropagation::PropagationHostToContainer as i32,
+        ..Default::default()
+    }];
+    c.linux = Some(cri::LinuxContainerConfig {
+        resources: Some(cri::LinuxContainerResources {
+            cpu_shares: 512,
+            memory_limit_in_bytes: 64 << 20,
+            ..Default::default()
+        }),
+        security_context: Some(cri::LinuxContainerSecurityContext {
+            readonly_rootfs: true,
+            capabilities: Some(cri::Capability {
+                drop_capabilities: vec!["ALL".into()],
+                add_capabilities: vec!["NET_ADMIN".into()],
+                ..Default::default()
+            }),
+            seccomp: Some(cri::SecurityProfile {
+                profile_type: cri::security_profile::ProfileType::RuntimeDefault as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    });
+    let id = p.run(c).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !p.stdout("secure").contains("CapEff") {
+        assert!(Instant::now() < deadline, "{:?}", p.log("secure"));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let out = p.stdout("secure");
+    assert!(out.starts_with("from host\nro-root\nro-mount\n"), "{out}");
+    // CAP_NET_ADMIN is bit 12 and nothing else.
+    assert!(out.contains("CapEff:\t0000000000001000"), "{out}");
+    let (_, info) = p.status(&id).await;
+    let cgroup = info["runtimeSpec"]["linux"]["cgroupsPath"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let read = |ctrl: &str, file: &str| {
+        fs::read_to_string(format!("/sys/fs/cgroup/{ctrl}{cgroup}/{file}"))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    assert_eq!(read("cpu", "cpu.shares"), "512");
+    assert_eq!(
+        read("memory", "memory.limit_in_bytes"),
+        (64u64 << 20).to_string()
+    );
+    // UpdateContainerResources goes through runc update and shows in the cgroup.
+    p.c.runtime
+        .update_container_resources(cri::UpdateContainerResourcesRequest {
+            container_id: id.clone(),
+            linux: Some(cri::LinuxContainerResources {
+                cpu_shares: 256,
+                memory_limit_in_bytes: 96 << 20,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(read("cpu", "cpu.shares"), "256");
+    assert_eq!(
+        read("memory", "memory.limit_in_bytes"),
+        (96u64 << 20).to_string()
+    );
+    let (st, _) = p.status(&id).await;
+    assert_eq!(st.resources.unwrap().linux.unwrap().cpu_shares, 256);
+    p.stop(&id, 0).await;
+    p.remove(&id).await;
+    assert!(
+        !Path::new(&format!("/sys/fs/cgroup/memory{cgroup}")).exists(),
+        "cgroup left"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn containers_of_a_pod_share_network_and_ipc_and_exec_sync_works() {
+    let mut p = pod().await;
+    let a = p.run(p.config("a", &["/bin/sleep", "1000"])).await;
+    let b = p.run(p.config("b", &["/bin/sleep", "1000"])).await;
+    let ns = |r: cri::ExecSyncResponse| String::from_utf8(r.stdout).unwrap();
+    for kind in ["net", "ipc", "uts"] {
+        let path = format!("/proc/self/ns/{kind}");
+        let in_a = ns(p.exec(&a, &["readlink", &path], 5).await.unwrap());
+        let in_b = ns(p.exec(&b, &["readlink", &path], 5).await.unwrap());
+        assert_eq!(in_a, in_b, "{kind}");
+    }
+    // Talk over localhost: a listens, b connects.
+    let server = p
+        .run(p.config("server", &sh("echo hello-from-a | nc -l -p 9000")))
+        .await;
+    let mut got = String::new();
+    for _ in 0..50 {
+        let r = p
+            .exec(&b, &["sh", "-c", "nc 127.0.0.1 9000 </dev/null"], 5)
+            .await
+            .unwrap();
+        got = ns(r);
+        if got.contains("hello") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(got.trim(), "hello-from-a");
+    let _ = server;
+    // Output, stderr and a non-zero exit code.
+    let r = p
+        .exec(&a, &["sh", "-c", "echo out; echo err >&2; exit 7"], 5)
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            ns(r.clone()),
+            String::from_utf8(r.stderr).unwrap(),
+            r.exit_code
+        ),
+        ("out\n".into(), "err\n".into(), 7)
+    );
+    // The container's user and working dir apply.
+    let r = p.exec(&a, &["pwd"], 0).await.unwrap();
+    assert_eq!(ns(r), "/\n");
+    // A timeout kills the exec'd process.
+    let start = Instant::now();
+    let err = p
+        .exec(&a, &["sh", "-c", "sleep 30; echo late"], 1)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+    assert!(start.elapsed() < Duration::from_secs(5));
+    let ps = ns(p.exec(&a, &["ps"], 5).await.unwrap());
+    assert!(!ps.contains("sleep 30"), "{ps}");
+    // ExecSync in an exited container is refused.
+    let done = p.run(p.config("done", &["/bin/true"])).await;
+    p.wait_exit(&done).await;
+    assert_eq!(
+        p.exec(&done, &["true"], 1).await.unwrap_err().code(),
+        Code::FailedPrecondition
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_oom_kill_is_reported() {
+    let mut p = pod().await;
+    let mut c = p.config(
+        "oom",
+        &sh("x=$(head -c 200000000 /dev/zero | tr '\\0' a); echo survived"),
+    );
+    c.linux = Some(cri::LinuxContainerConfig {
+        resources: Some(cri::LinuxContainerResources {
+            memory_limit_in_bytes: 16 << 20,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let id = p.run(c).await;
+    let st = p.wait_exit(&id).await;
+    assert_eq!(st.reason, "OOMKilled", "{st:?}");
+    assert_eq!(st.exit_code, 137);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_requests_are_refused() {
+    let mut p = pod().await;
+    let mut no_image = p.config("x", &["/bin/true"]);
+    no_image.image = Some(cri::ImageSpec {
+        image: "not/pulled:1".into(),
+        ..Default::default()
+    });
+    assert_eq!(p.create(no_image).await.unwrap_err().code(), Code::NotFound);
+    let mut no_meta = p.config("y", &["/bin/true"]);
+    no_meta.metadata = None;
+    assert_eq!(
+        p.create(no_meta).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
+    let mut escape = p.config("z", &["/bin/true"]);
+    escape.log_path = "../../evil.log".into();
+    assert_eq!(
+        p.create(escape).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
+    let id = p.create(p.config("dup", &["/bin/true"])).await.unwrap();
+    assert_eq!(
+        p.create(p.config("dup", &["/bin/true"]))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::AlreadyExists
+    );
+    let err =
+        p.c.runtime
+            .start_container(cri::StartContainerRequest {
+                container_id: "nope00".into(),
+            })
+            .await
+            .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    p.remove(&id).await;
+    // Nothing of the failed creates remains.
+    let left: Vec<_> = fs::read_dir(p.d.dir().join("state/containers"))
+        .map(|r| r.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "{left:?}");
+    let left: Vec<_> = fs::read_dir(p.d.root().join("containers"))
+        .map(|r| r.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn containers_survive_a_crustd_crash() {
+    let mut p = pod().await;
+    let running = p
+        .run(p.config(
+            "running",
+            &sh("i=0; while true; do echo tick$i; i=$((i+1)); sleep 0.1; done"),
+        ))
+        .await;
+    let exiting = p.run(p.config("exiting", &sh("sleep 1; exit 42"))).await;
+    let (_, before) = p.status(&running).await;
+    p.d.kill();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    p.d.start_again().await;
+    p.c = p.d.client().await;
+    let (st, after) = p.status(&running).await;
+    assert_eq!(st.state, cri::ContainerState::ContainerRunning as i32);
+    assert_eq!(before["pid"], after["pid"]);
+    let st = p.wait_exit(&exiting).await;
+    assert_eq!(st.exit_code, 42);
+    // Logs continue.
+    let n = p.log("running").len();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(p.log("running").len() > n);
+    p.stop(&running, 0).await;
+    assert_eq!(
+        p.wait_exit(&running).await.state,
+        cri::ContainerState::ContainerExited as i32
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fifty_cycles_leave_nothing() {
+    let mut p = pod().await;
+    for i in 0..50 {
+        let id = p
+            .run(p.config(&format!("c{i}"), &["/bin/sleep", "1000"]))
+            .await;
+        p.stop(&id, 0).await;
+        p.remove(&id).await;
+    }
+    let list =
+        p.c.runtime
+            .list_containers(cri::ListContainersRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .containers;
+    assert!(list.is_empty());
+    let sandbox = p.sandbox.clone();
+    p.c.runtime
+        .stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: sandbox.clone(),
+        })
+        .await
+        .unwrap();
+    p.c.runtime
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: sandbox,
+        })
+        .await
+        .unwrap();
+    let dir = p.d.dir().to_path_buf();
+    let mounts = support::cni::mounts_under(&dir);
+    assert!(mounts.iter().all(|m| m.ends_with("/netns")), "{mounts:?}");
+    for sub in [
+        "state/containers",
+        "state/bundles",
+        "root/containers",
+        "state/runtime/runc",
+    ] {
+        let left: Vec<_> = fs::read_dir(dir.join(sub))
+            .map(|r| r.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "{sub}: {left:?}");
+    }
+    let monitors = fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            fs::read_to_string(e.path().join("cmdline")).is_ok_and(|c| {
+                c.starts_with("crust-monitor")
+                    || c.contains(&dir.display().to_string()) && c.contains("monitor")
+            })
+        })
+        .count();
+    assert_eq!(monitors, 0);
+    let cgroup = format!("/sys/fs/cgroup/memory{}", p._cgroups.0);
+    let children: Vec<_> = fs::read_dir(&cgroup)
+        .map(|r| {
+            r.flatten()
+                .filter(|e| e.path().is_dir())
+                .map(|e| e.file_name())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(children.is_empty(), "cgroups left: {children:?}");
+}
