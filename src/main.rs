@@ -82,7 +82,17 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
 }
 
 fn init_logging(config: &Config) {
-    let filter = tracing_subscriber::EnvFilter::new(&config.log_level);
+    // A bare level applies to crust; the libraries underneath (h2, hyper, rustls) stay
+    // at info, or debug would be their frame-by-frame chatter.
+    let directive = match config.log_level.as_str() {
+        level @ ("trace" | "debug") => {
+            format!(
+                "info,crustd={level},crust_image={level},crust_cni={level},crust_runtime={level},crust_sandbox={level}"
+            )
+        }
+        other => other.to_string(),
+    };
+    let filter = tracing_subscriber::EnvFilter::new(directive);
     use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

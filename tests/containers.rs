@@ -764,3 +764,113 @@ async fn fifty_cycles_leave_nothing() {
         .unwrap_or_default();
     assert!(children.is_empty(), "cgroups left: {children:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn layers_in_use_outlive_their_image() {
+    let mut p = pod().await;
+    let id = p.run(p.config("user", &["/bin/sleep", "1000"])).await;
+    let image_id = p.status(&id).await.0.image_id;
+    p.c.image
+        .remove_image(cri::RemoveImageRequest {
+            image: Some(cri::ImageSpec {
+                image: image_id,
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap();
+    assert!(
+        p.c.image
+            .list_images(cri::ListImagesRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .images
+            .is_empty()
+    );
+    // The container still has its files.
+    let r = p.exec(&id, &["cat", "/etc/passwd"], 5).await.unwrap();
+    assert!(String::from_utf8_lossy(&r.stdout).contains("app:x:1000"));
+    let layers = p.d.root().join("layers");
+    assert_eq!(fs::read_dir(&layers).unwrap().count(), 1);
+    p.stop(&id, 0).await;
+    p.remove(&id).await;
+    assert_eq!(
+        fs::read_dir(&layers).unwrap().count(),
+        0,
+        "layers outlived their last user"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_create_cut_short_by_a_crash_is_undone() {
+    let mut p = pod().await;
+    // A monitor that never answers: the create hangs until crustd is killed.
+    let hang = p.d.dir().join("hanging-monitor");
+    let marker = format!("crust-hang-{}", std::process::id());
+    fs::write(&hang, format!("#!/bin/sh\nexec -a {marker} sleep 1000\n")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&hang, fs::Permissions::from_mode(0o755)).unwrap();
+    p.d.set_top_config(&format!(
+        "monitor_path = {:?}\n",
+        hang.display().to_string()
+    ));
+    p.d.restart().await;
+    p.c = p.d.client().await;
+    let mut c = p.c.clone();
+    let config = p.config("interrupted", &["/bin/true"]);
+    let (sandbox, sandbox_config) = (p.sandbox.clone(), p.sandbox_config.clone());
+    let creating = tokio::spawn(async move {
+        c.runtime
+            .create_container(cri::CreateContainerRequest {
+                pod_sandbox_id: sandbox,
+                config: Some(config),
+                sandbox_config: Some(sandbox_config),
+            })
+            .await
+    });
+    let containers = p.d.root().join("containers");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fs::read_dir(&containers).map(|r| r.count()).unwrap_or(0) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the create never mounted a rootfs"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    p.d.kill();
+    assert!(creating.await.unwrap().is_err());
+    // The stand-in monitor is ours to end.
+    for e in fs::read_dir("/proc").unwrap().flatten() {
+        if fs::read_to_string(e.path().join("cmdline")).is_ok_and(|c| c.starts_with(&marker))
+            && let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>()
+        {
+            // SAFETY: kill(2) on the sleep this test started as a fake monitor.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+    p.d.set_top_config("");
+    p.d.start_again().await;
+    p.c = p.d.client().await;
+    let list =
+        p.c.runtime
+            .list_containers(cri::ListContainersRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .containers;
+    assert!(list.is_empty(), "{list:?}");
+    let left: Vec<_> = fs::read_dir(&containers)
+        .map(|r| r.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "writable layers left: {left:?}");
+    let mounts = support::cni::mounts_under(p.d.dir());
+    assert!(
+        mounts.iter().all(|m| !m.contains("/containers/")),
+        "{mounts:?}"
+    );
+    // And the name is free for the retry kubelet will make.
+    let id = p.run(p.config("interrupted", &["/bin/true"])).await;
+    assert_eq!(p.wait_exit(&id).await.exit_code, 0);
+}

@@ -424,6 +424,8 @@ impl ImageService {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(container_id);
+        // Layers of an image removed while this container used them go now.
+        self.layers.gc(&self.referenced_layers())?;
         Ok(())
     }
 

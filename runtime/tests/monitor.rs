@@ -772,7 +772,8 @@ async fn the_monitor_survives_its_spawner() {
     let mut pids = None;
     for line in std::io::BufReader::new(stdout).lines() {
         let line = line.unwrap();
-        if let Some(rest) = line.strip_prefix("MONITOR ") {
+        // libtest may have begun the line with "test <name> ... ".
+        if let Some((_, rest)) = line.split_once("MONITOR ") {
             let (monitor, container) = rest.split_once(' ').unwrap();
             pids = Some((
                 monitor.parse::<i32>().unwrap(),

@@ -20,8 +20,10 @@ use tonic::transport::{Channel, Endpoint, Uri};
 pub struct Crustd {
     child: Option<Child>,
     dir: TempDir,
-    /// Extra TOML appended to the generated config.
+    /// Extra TOML appended to the generated config (tables).
     extra_config: String,
+    /// Extra top-level keys, written before the first table.
+    top_config: String,
 }
 
 /// The two CRI clients over one connection.
@@ -52,6 +54,7 @@ impl Crustd {
             child: None,
             dir,
             extra_config: extra.to_string(),
+            top_config: String::new(),
         };
         d.write_config();
         d.spawn().await;
@@ -61,7 +64,7 @@ impl Crustd {
     fn write_config(&self) {
         let p = self.dir.path();
         let config = format!(
-            "root = {root:?}\nstate = {state:?}\nlisten = {sock:?}\nlog_level = \"debug\"\n\
+            "root = {root:?}\nstate = {state:?}\nlisten = {sock:?}\nlog_level = \"debug\"\n{top}\
              [registry]\nconfig_path = {certs:?}\n\
              [cni]\nconf_dir = {cni:?}\ncache_dir = {cache:?}\nbin_dirs = [{bin:?}, \"/usr/lib/cni\", \"/opt/cni/bin\"]\n{extra}\n",
             root = p.join("root"),
@@ -72,6 +75,7 @@ impl Crustd {
             cache = p.join("cni-cache"),
             bin = p.join("cni-bin"),
             extra = self.extra_config,
+            top = self.top_config,
         );
         fs::write(p.join("config.toml"), config).unwrap();
     }
@@ -216,6 +220,12 @@ impl Crustd {
     pub async fn restart(&mut self) {
         self.stop();
         self.spawn().await;
+    }
+
+    /// Replaces the extra top-level keys of the config, for the next start.
+    pub fn set_top_config(&mut self, top: &str) {
+        self.top_config = top.to_string();
+        self.write_config();
     }
 
     /// Starts crustd again after [`Crustd::kill`] or [`Crustd::stop`].
