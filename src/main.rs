@@ -124,6 +124,12 @@ fn main() -> anyhow::Result<()> {
     }
     let config = load_config(&cli)?;
     init_logging(&config);
+    // Pause processes and monitors outlive the processes that started them; as a
+    // subreaper crustd inherits them (and reaps them when they end) instead of an init
+    // that may not reap at all.
+    if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+        tracing::warn!(error = %e, "cannot become a child subreaper");
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("crustd")

@@ -20,6 +20,7 @@ pub mod oci;
 pub mod pause;
 pub mod pause_spec;
 pub mod spec;
+pub mod stats;
 
 pub use error::{ErrorKind, Failure, Result, RuntimeError};
 pub use oci::{CreateOptions, OciRuntime, State};

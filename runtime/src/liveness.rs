@@ -47,7 +47,18 @@ pub async fn wait_exit(pid: i32) -> io::Result<()> {
     let async_fd = unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE)? };
     // A pidfd becomes readable when the process exits.
     let _ = async_fd.readable().await?;
+    reap(pid);
     Ok(())
+}
+
+/// Reaps `pid` if it is our child. crustd is a child subreaper, so monitors and pause
+/// processes that their spawners left behind become its children; without this they
+/// would stay zombies. Waiting on a process that is not our child fails harmlessly.
+pub fn reap(pid: i32) {
+    let _ = nix::sys::wait::waitpid(
+        nix::unistd::Pid::from_raw(pid),
+        Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+    );
 }
 
 #[cfg(test)]
