@@ -39,6 +39,8 @@ pub struct Config {
     pub runtimes: BTreeMap<String, RuntimeConfig>,
     /// The crust-monitor binary; by default the one beside crustd.
     pub monitor_path: Option<PathBuf>,
+    /// Where to serve Prometheus metrics (`/metrics`); off when unset.
+    pub metrics_address: Option<std::net::SocketAddr>,
 }
 
 /// One OCI runtime (a runc-compatible CLI).
@@ -115,6 +117,7 @@ impl Default for Config {
                 },
             )]),
             monitor_path: None,
+            metrics_address: None,
         }
     }
 }
@@ -165,6 +168,10 @@ path = "runc"
 
 # The per-container monitor; unset means the crust-monitor installed beside crustd.
 # monitor_path = "/usr/local/bin/crust-monitor"
+
+# Prometheus metrics (per-RPC latency and counts, image pulls, sandboxes and containers
+# by state, live monitors) at http://ADDRESS/metrics. Off unless set; prefer loopback.
+# metrics_address = "127.0.0.1:9539"
 
 [registry]
 # Registry hosts in containerd's hosts.toml layout: one directory per registry host

@@ -2,6 +2,7 @@
 
 mod config;
 mod cri;
+mod metrics;
 mod server;
 
 use std::path::PathBuf;
@@ -147,7 +148,19 @@ async fn serve(config: Arc<Config>) -> anyhow::Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
     }
     let listener = server::bind(&config.listen).await?;
-    let cri = cri::Cri::new();
+    let metrics = Arc::new(metrics::Metrics::new());
+    if let Some(addr) = config.metrics_address {
+        let (listener, bound) = metrics::bind(addr)
+            .await
+            .with_context(|| format!("metrics address {addr}"))?;
+        tracing::info!(address = %bound, "serving metrics");
+        tokio::spawn(metrics::serve_listener(
+            listener,
+            Arc::clone(&metrics),
+            std::future::pending(),
+        ));
+    }
+    let cri = cri::Cri::new(Arc::clone(&metrics));
     let (runtime_service, image_service) = cri::services(cri.clone());
     tracing::info!(socket = %config.listen.display(), version = env!("CARGO_PKG_VERSION"), "crustd serving");
     let server = tonic::transport::Server::builder()
@@ -161,8 +174,15 @@ async fn serve(config: Arc<Config>) -> anyhow::Result<()> {
     tokio::select! {
         r = &mut server => return r.context("grpc server"),
         r = recovery => {
-            let services = r.context("recovery task")??;
-            cri.set_ready(Arc::new(services));
+            let services = Arc::new(r.context("recovery task")??);
+            let weak = Arc::downgrade(&services);
+            services.containers.set_exit_hook(Box::new(move |id| {
+                if let Some(s) = weak.upgrade() {
+                    s.events.emit(&s, id, crust_proto::cri::ContainerEventType::ContainerStoppedEvent);
+                }
+            }));
+            metrics.set_gauge_source(gauges(Arc::downgrade(&services)));
+            cri.set_ready(services);
             tracing::info!("recovery finished; ready");
         }
     }
@@ -253,5 +273,64 @@ async fn recover(config: Arc<Config>) -> anyhow::Result<cri::Services> {
         images,
         sandboxes,
         containers,
+        stats: cri::stats::StatsState::new(),
+        events: cri::events::Events::new(),
+    })
+}
+
+/// The gauges computed at each scrape: sandboxes and containers by state, live monitors.
+fn gauges(
+    services: std::sync::Weak<cri::Services>,
+) -> Box<dyn Fn() -> Vec<metrics::Gauge> + Send + Sync> {
+    Box::new(move || {
+        let Some(s) = services.upgrade() else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        let sandboxes = s.sandboxes.list();
+        for (state, ready) in [("ready", true), ("notready", false)] {
+            out.push(metrics::Gauge {
+                name: "crust_sandboxes",
+                help: "Pod sandboxes by state.",
+                labels: vec![("state", state.to_string())],
+                value: sandboxes.iter().filter(|r| r.is_ready() == ready).count() as f64,
+            });
+        }
+        let containers = s.containers.list();
+        for (state, name) in [
+            (
+                crust_proto::cri::ContainerState::ContainerCreated,
+                "created",
+            ),
+            (
+                crust_proto::cri::ContainerState::ContainerRunning,
+                "running",
+            ),
+            (crust_proto::cri::ContainerState::ContainerExited, "exited"),
+            (
+                crust_proto::cri::ContainerState::ContainerUnknown,
+                "unknown",
+            ),
+        ] {
+            out.push(metrics::Gauge {
+                name: "crust_containers",
+                help: "Containers by state.",
+                labels: vec![("state", name.to_string())],
+                value: containers
+                    .iter()
+                    .filter(|c| crust_runtime::container::state(c) == state)
+                    .count() as f64,
+            });
+        }
+        out.push(metrics::Gauge {
+            name: "crust_monitors",
+            help: "Live crust-monitor processes.",
+            labels: Vec::new(),
+            value: containers
+                .iter()
+                .filter(|c| c.finished_at.is_none() && c.monitor_pid > 0)
+                .count() as f64,
+        });
+        out
     })
 }

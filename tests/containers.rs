@@ -874,3 +874,251 @@ async fn a_create_cut_short_by_a_crash_is_undone() {
     let id = p.run(p.config("interrupted", &["/bin/true"])).await;
     assert_eq!(p.wait_exit(&id).await.exit_code, 0);
 }
+
+async fn list_stats(p: &mut Pod) -> HashMap<String, cri::ContainerStats> {
+    p.c.runtime
+        .list_container_stats(cri::ListContainerStatsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .stats
+        .into_iter()
+        .map(|s| {
+            (
+                s.attributes
+                    .as_ref()
+                    .unwrap()
+                    .metadata
+                    .as_ref()
+                    .unwrap()
+                    .name
+                    .clone(),
+                s,
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stats_move_with_cpu_memory_disk_and_network() {
+    let mut p = pod().await;
+    p.run(p.config("burn", &sh("while :; do :; done"))).await;
+    p.run(p.config("hog", &sh("x=$(head -c 40000000 /dev/zero | tr '\\0' a); dd if=/dev/zero of=/blob bs=1M count=2 2>/dev/null; echo ready; sleep 1000; echo keep $x"))).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !p.stdout("hog").contains("ready") {
+        assert!(Instant::now() < deadline, "hog never got ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let first = list_stats(&mut p).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let second = list_stats(&mut p).await;
+    let cpu = |s: &cri::ContainerStats| {
+        s.cpu
+            .as_ref()
+            .unwrap()
+            .usage_core_nano_seconds
+            .as_ref()
+            .unwrap()
+            .value
+    };
+    assert!(
+        cpu(&second["burn"]) > cpu(&first["burn"]) + 100_000_000,
+        "cpu did not move"
+    );
+    let nano_cores = second["burn"]
+        .cpu
+        .as_ref()
+        .unwrap()
+        .usage_nano_cores
+        .as_ref()
+        .unwrap()
+        .value;
+    assert!(
+        nano_cores > 300_000_000,
+        "burning a core shows {nano_cores} nano cores"
+    );
+    let mem = second["hog"].memory.as_ref().unwrap();
+    assert!(
+        mem.working_set_bytes.as_ref().unwrap().value > 30_000_000,
+        "{mem:?}"
+    );
+    assert!(
+        mem.usage_bytes.as_ref().unwrap().value >= mem.working_set_bytes.as_ref().unwrap().value
+    );
+    let layer = second["hog"].writable_layer.as_ref().unwrap();
+    assert!(
+        layer.used_bytes.as_ref().unwrap().value >= 2 << 20,
+        "{layer:?}"
+    );
+    assert!(layer.inodes_used.as_ref().unwrap().value >= 1);
+    // ContainerStats of one and a filter by label.
+    let one =
+        p.c.runtime
+            .list_container_stats(cri::ListContainerStatsRequest {
+                filter: Some(cri::ContainerStatsFilter {
+                    label_selector: HashMap::from([("name".to_string(), "burn".to_string())]),
+                    ..Default::default()
+                }),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .stats;
+    assert_eq!(one.len(), 1);
+
+    // Pod stats: its containers, CPU, and network bytes that move with traffic.
+    let pod_stats = |p: &mut Pod| {
+        let mut c = p.c.clone();
+        let id = p.sandbox.clone();
+        async move {
+            c.runtime
+                .pod_sandbox_stats(cri::PodSandboxStatsRequest { pod_sandbox_id: id })
+                .await
+                .unwrap()
+                .into_inner()
+                .stats
+                .unwrap()
+                .linux
+                .unwrap()
+        }
+    };
+    let before = pod_stats(&mut p).await;
+    assert_eq!(before.containers.len(), 2);
+    let rx = |l: &cri::LinuxPodSandboxStats| {
+        l.network
+            .as_ref()
+            .unwrap()
+            .default_interface
+            .as_ref()
+            .unwrap()
+            .rx_bytes
+            .as_ref()
+            .unwrap()
+            .value
+    };
+    let status =
+        p.c.runtime
+            .pod_sandbox_status(cri::PodSandboxStatusRequest {
+                pod_sandbox_id: p.sandbox.clone(),
+                verbose: false,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status
+            .unwrap();
+    let ip = status.network.unwrap().ip;
+    let ping = std::process::Command::new("busybox")
+        .args(["ping", "-c", "5", "-i", "0.2", "-s", "1000", &ip])
+        .output()
+        .unwrap();
+    assert!(ping.status.success(), "{ping:?}");
+    let after = pod_stats(&mut p).await;
+    assert!(
+        rx(&after) >= rx(&before) + 5000,
+        "rx {} -> {}",
+        rx(&before),
+        rx(&after)
+    );
+    assert_eq!(
+        after.network.unwrap().default_interface.unwrap().name,
+        "eth0"
+    );
+    assert!(after.cpu.unwrap().usage_core_nano_seconds.unwrap().value > 0);
+
+    // The same numbers as cAdvisor metrics.
+    let descriptors =
+        p.c.runtime
+            .list_metric_descriptors(cri::ListMetricDescriptorsRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .descriptors;
+    let names: Vec<_> = descriptors.iter().map(|d| d.name.as_str()).collect();
+    for wanted in [
+        "container_cpu_usage_seconds_total",
+        "container_memory_working_set_bytes",
+        "container_network_receive_bytes_total",
+    ] {
+        assert!(names.contains(&wanted), "{names:?}");
+    }
+    let pods =
+        p.c.runtime
+            .list_pod_sandbox_metrics(cri::ListPodSandboxMetricsRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .pod_metrics;
+    assert_eq!(pods.len(), 1);
+    let rx_metric = pods[0]
+        .metrics
+        .iter()
+        .find(|m| m.name == "container_network_receive_bytes_total" && m.label_values[3] == "eth0")
+        .unwrap();
+    assert!(rx_metric.value.as_ref().unwrap().value >= 5000);
+    let hog = pods[0]
+        .container_metrics
+        .iter()
+        .find(|c| c.container_id == second["hog"].attributes.as_ref().unwrap().id)
+        .unwrap();
+    let ws = hog
+        .metrics
+        .iter()
+        .find(|m| m.name == "container_memory_working_set_bytes")
+        .unwrap();
+    assert!(ws.value.as_ref().unwrap().value > 30_000_000);
+    let d = descriptors
+        .iter()
+        .find(|d| d.name == "container_memory_working_set_bytes")
+        .unwrap();
+    assert_eq!(d.label_keys.len(), ws.label_values.len());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn events_follow_a_container_life_in_order() {
+    let mut p = pod().await;
+    // One subscriber reads; the other never does and must not hold anything up.
+    let mut reader =
+        p.c.runtime
+            .get_container_events(cri::GetEventsRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+    let _idle =
+        p.c.runtime
+            .get_container_events(cri::GetEventsRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+    let id = p.run(p.config("life", &["/bin/sleep", "1000"])).await;
+    p.stop(&id, 0).await;
+    p.remove(&id).await;
+    // Enough churn to overflow anything the idle subscriber would buffer.
+    for i in 0..20 {
+        let other = p.run(p.config(&format!("churn{i}"), &["/bin/true"])).await;
+        p.wait_exit(&other).await;
+        p.remove(&other).await;
+    }
+    let mut seen = Vec::new();
+    while seen.len() < 4 {
+        let event = tokio::time::timeout(Duration::from_secs(10), reader.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if event.container_id == id {
+            assert_eq!(event.pod_sandbox_status.as_ref().unwrap().id, p.sandbox);
+            seen.push(event.container_event_type);
+        }
+    }
+    use cri::ContainerEventType as E;
+    assert_eq!(
+        seen,
+        vec![
+            E::ContainerCreatedEvent as i32,
+            E::ContainerStartedEvent as i32,
+            E::ContainerStoppedEvent as i32,
+            E::ContainerDeletedEvent as i32
+        ]
+    );
+}

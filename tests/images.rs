@@ -2,7 +2,7 @@
 
 mod support;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
@@ -775,4 +775,70 @@ async fn hosts_toml_mirrors_and_configured_credentials() {
         })
         .await;
     r.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_metrics_endpoint_is_scraped_and_parsed() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut d = Crustd::start().await;
+    d.set_top_config(&format!("metrics_address = \"127.0.0.1:{port}\"\n"));
+    d.restart().await;
+    let reg = Registry::start();
+    oci::push_image(&reg.host(), "m/box", "1", &oci::busybox_image()).await;
+    let mut c = d.client().await;
+    c.runtime
+        .version(cri::VersionRequest::default())
+        .await
+        .unwrap();
+    pull(&mut c, &format!("{}/m/box:1", reg.host()))
+        .await
+        .unwrap();
+    let _ = pull(&mut c, "127.0.0.1:1/absent:1").await;
+
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let mut samples = HashMap::new();
+    for line in body
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let (name, value) = line.rsplit_once(' ').unwrap();
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad sample {line:?}"));
+        samples.insert(name.to_string(), value);
+    }
+    assert!(
+        samples[r#"crust_rpc_requests_total{method="Version",code="Ok"}"#] >= 1.0,
+        "{body}"
+    );
+    assert!(
+        samples.contains_key(
+            r#"crust_rpc_duration_seconds_bucket{method="PullImage",code="Ok",le="+Inf"}"#
+        ),
+        "{body}"
+    );
+    assert_eq!(
+        samples[r#"crust_image_pull_duration_seconds_count{result="success"}"#],
+        1.0
+    );
+    assert_eq!(
+        samples[r#"crust_image_pull_duration_seconds_count{result="failure"}"#],
+        1.0
+    );
+    assert!(samples[r#"crust_image_pull_bytes_total{result="success"}"#] > 100_000.0);
+    assert_eq!(samples[r#"crust_sandboxes{state="ready"}"#], 0.0);
+    assert_eq!(samples[r#"crust_containers{state="running"}"#], 0.0);
+    assert_eq!(samples["crust_monitors"], 0.0);
 }

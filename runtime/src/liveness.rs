@@ -76,7 +76,9 @@ mod tests {
         assert!(alive(pid, start));
         assert!(!alive(pid, start + 1));
         wait_exit(pid).await.unwrap();
-        child.wait().unwrap();
+        // wait_exit reaped it: our own child is gone, not left a zombie.
+        assert!(child.try_wait().is_err());
         assert!(!alive(pid, start));
+        assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists());
     }
 }

@@ -9,7 +9,7 @@ use crust_proto::cri;
 use crust_runtime::container::{CreateRequest, state};
 use tonic::{Request, Response, Status};
 
-use super::{Cri, Services, convert, error, instrument};
+use super::{Cri, Services, convert, error};
 
 fn not_found(id: &str) -> Status {
     Status::not_found(format!("container {id:?} not found"))
@@ -21,12 +21,17 @@ impl Cri {
         request: Request<cri::CreateContainerRequest>,
     ) -> Result<Response<cri::CreateContainerResponse>, Status> {
         let req = request.into_inner();
-        instrument::instrument("CreateContainer", async {
+        self.instrumented("CreateContainer", async {
             let services = self.services()?;
             // Detached so that kubelet giving up cannot leave a container half-made.
-            let id = tokio::spawn(create(services, req))
+            let id = tokio::spawn(create(Arc::clone(&services), req))
                 .await
                 .map_err(|e| Status::internal(format!("create task failed: {e}")))??;
+            services.events.emit(
+                &services,
+                &id,
+                cri::ContainerEventType::ContainerCreatedEvent,
+            );
             Ok(cri::CreateContainerResponse { container_id: id })
         })
         .await
@@ -37,13 +42,19 @@ impl Cri {
         request: Request<cri::StartContainerRequest>,
     ) -> Result<Response<cri::StartContainerResponse>, Status> {
         let id = request.into_inner().container_id;
-        instrument::instrument("StartContainer", async {
+        self.instrumented("StartContainer", async {
             let services = self.services()?;
             let containers = services.containers.clone();
-            tokio::spawn(async move { containers.start(&id).await })
+            let started = id.clone();
+            tokio::spawn(async move { containers.start(&started).await })
                 .await
                 .map_err(|e| Status::internal(format!("start task failed: {e}")))?
                 .map_err(|e| error::container_status(&e))?;
+            services.events.emit(
+                &services,
+                &id,
+                cri::ContainerEventType::ContainerStartedEvent,
+            );
             Ok(cri::StartContainerResponse {})
         })
         .await
@@ -54,7 +65,7 @@ impl Cri {
         request: Request<cri::StopContainerRequest>,
     ) -> Result<Response<cri::StopContainerResponse>, Status> {
         let req = request.into_inner();
-        instrument::instrument("StopContainer", async {
+        self.instrumented("StopContainer", async {
             let services = self.services()?;
             let containers = services.containers.clone();
             let timeout = Duration::from_secs(req.timeout.max(0) as u64);
@@ -72,7 +83,7 @@ impl Cri {
         request: Request<cri::RemoveContainerRequest>,
     ) -> Result<Response<cri::RemoveContainerResponse>, Status> {
         let id = request.into_inner().container_id;
-        instrument::instrument("RemoveContainer", async {
+        self.instrumented("RemoveContainer", async {
             let services = self.services()?;
             tokio::spawn(remove(services, id))
                 .await
@@ -87,7 +98,7 @@ impl Cri {
         request: Request<cri::ContainerStatusRequest>,
     ) -> Result<Response<cri::ContainerStatusResponse>, Status> {
         let req = request.into_inner();
-        instrument::instrument("ContainerStatus", async {
+        self.instrumented("ContainerStatus", async {
             let services = self.services()?;
             let r = services
                 .containers
@@ -118,7 +129,7 @@ impl Cri {
         request: Request<cri::ListContainersRequest>,
     ) -> Result<Response<cri::ListContainersResponse>, Status> {
         let filter = request.into_inner().filter;
-        instrument::instrument("ListContainers", async {
+        self.instrumented("ListContainers", async {
             let services = self.services()?;
             let containers = services
                 .containers
@@ -137,7 +148,7 @@ impl Cri {
         request: Request<cri::UpdateContainerResourcesRequest>,
     ) -> Result<Response<cri::UpdateContainerResourcesResponse>, Status> {
         let req = request.into_inner();
-        instrument::instrument("UpdateContainerResources", async {
+        self.instrumented("UpdateContainerResources", async {
             let services = self.services()?;
             let resources = req
                 .linux
@@ -161,7 +172,7 @@ impl Cri {
         request: Request<cri::ReopenContainerLogRequest>,
     ) -> Result<Response<cri::ReopenContainerLogResponse>, Status> {
         let id = request.into_inner().container_id;
-        instrument::instrument("ReopenContainerLog", async {
+        self.instrumented("ReopenContainerLog", async {
             let services = self.services()?;
             services
                 .containers
@@ -178,7 +189,7 @@ impl Cri {
         request: Request<cri::ExecSyncRequest>,
     ) -> Result<Response<cri::ExecSyncResponse>, Status> {
         let req = request.into_inner();
-        instrument::instrument("ExecSync", async {
+        self.instrumented("ExecSync", async {
             let services = self.services()?;
             // Seconds; 0 means no timeout, as kubelet sends it.
             let timeout = (req.timeout > 0).then(|| Duration::from_secs(req.timeout as u64));
@@ -308,6 +319,12 @@ pub(super) async fn remove(services: Arc<Services>, id: String) -> Result<(), St
     let Some(r) = removed else {
         return Ok(());
     };
+    services.events.emit_with(
+        &services,
+        &r.id,
+        cri::ContainerEventType::ContainerDeletedEvent,
+        Some(&r),
+    );
     services
         .images
         .remove_rootfs(&r.id)

@@ -13,7 +13,7 @@ impl Cri {
     ) -> Result<tonic::Response<cri::PullImageResponse>, Status> {
         let deadline = instrument::deadline_of(&request);
         let req = request.into_inner();
-        instrument::instrument("PullImage", async {
+        self.instrumented("PullImage", async {
             let services = self.services()?;
             let reference = req
                 .image
@@ -29,13 +29,20 @@ impl Cri {
                 registry_token: a.registry_token,
             });
             let images = services.images.clone();
+            let started = std::time::Instant::now();
             let outcome = instrument::detached_cancellable(deadline, move |cancel| async move {
                 images
                     .pull(&reference, auth.as_ref(), cancel)
                     .await
                     .map_err(|e| error::image_status(&e))
             })
-            .await?;
+            .await;
+            let elapsed = started.elapsed().as_secs_f64();
+            match &outcome {
+                Ok(o) => self.metrics.observe_pull(o.bytes_downloaded, elapsed, true),
+                Err(_) => self.metrics.observe_pull(0, elapsed, false),
+            }
+            let outcome = outcome?;
             tracing::info!(
                 image = %outcome.image.id,
                 names = ?outcome.image.repo_tags,

@@ -5,14 +5,14 @@ use std::collections::HashMap;
 use crust_proto::cri;
 use tonic::{Request, Response, Status};
 
-use super::{Cri, convert, error, instrument, now_nanos};
+use super::{Cri, convert, error, now_nanos};
 
 impl Cri {
     pub(super) async fn list_images(
         &self,
         request: Request<cri::ListImagesRequest>,
     ) -> Result<Response<cri::ListImagesResponse>, Status> {
-        instrument::instrument("ListImages", async {
+        self.instrumented("ListImages", async {
             let services = self.services()?;
             let wanted = request
                 .into_inner()
@@ -35,7 +35,7 @@ impl Cri {
         &self,
         request: Request<cri::ImageStatusRequest>,
     ) -> Result<Response<cri::ImageStatusResponse>, Status> {
-        instrument::instrument("ImageStatus", async {
+        self.instrumented("ImageStatus", async {
             let services = self.services()?;
             let req = request.into_inner();
             let name = req
@@ -69,7 +69,7 @@ impl Cri {
         &self,
         _request: Request<cri::ImageFsInfoRequest>,
     ) -> Result<Response<cri::ImageFsInfoResponse>, Status> {
-        instrument::instrument("ImageFsInfo", async {
+        self.instrumented("ImageFsInfo", async {
             let services = self.services()?;
             let (dir, bytes, inodes) = services.images.usage();
             Ok(cri::ImageFsInfoResponse {
@@ -91,7 +91,7 @@ impl Cri {
         &self,
         request: Request<cri::RemoveImageRequest>,
     ) -> Result<Response<cri::RemoveImageResponse>, Status> {
-        instrument::instrument("RemoveImage", async {
+        self.instrumented("RemoveImage", async {
             let services = self.services()?;
             let name = request
                 .into_inner()

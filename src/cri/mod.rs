@@ -4,13 +4,15 @@
 mod container;
 mod convert;
 mod error;
+pub mod events;
 mod image_pull;
 mod image_query;
 pub mod instrument;
+mod pod_metrics;
 mod runtime_info;
 mod sandbox;
+pub mod stats;
 
-use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 
 use crust_image::ImageService;
@@ -37,20 +39,43 @@ pub struct Services {
     pub sandboxes: Arc<crust_sandbox::SandboxService>,
     /// Containers.
     pub containers: Arc<crust_runtime::container::ContainerService>,
+    /// Stats caches (cgroup paths, CPU samples, writable layer usage).
+    pub stats: stats::StatsState,
+    /// Lifecycle events for GetContainerEvents.
+    pub events: events::Events,
 }
 
 /// The CRI server: RuntimeService and ImageService over one set of [`Services`].
 #[derive(Clone)]
 pub struct Cri {
     services: Arc<OnceLock<Arc<Services>>>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Cri {
     /// A server that answers Unavailable until [`Cri::set_ready`] is called.
-    pub fn new() -> Self {
+    pub fn new(metrics: Arc<crate::metrics::Metrics>) -> Self {
         Cri {
             services: Arc::new(OnceLock::new()),
+            metrics,
         }
+    }
+
+    /// Runs an RPC body through [`instrument::instrument`] and counts it in the metrics.
+    async fn instrumented<T>(
+        &self,
+        method: &'static str,
+        body: impl std::future::Future<Output = Result<T, Status>>,
+    ) -> Result<Response<T>, Status> {
+        let start = std::time::Instant::now();
+        let result = instrument::instrument(method, body).await;
+        let code = match &result {
+            Ok(_) => tonic::Code::Ok,
+            Err(s) => s.code(),
+        };
+        self.metrics
+            .observe_rpc(method, &format!("{code:?}"), start.elapsed().as_secs_f64());
+        result
     }
 
     /// Starts serving: recovery has finished.
@@ -71,9 +96,6 @@ fn not_yet(rpc: &str, issue: &str) -> Status {
         "{rpc} is not supported by this crust version yet ({issue})"
     ))
 }
-
-type EventStream =
-    Pin<Box<dyn tokio_stream::Stream<Item = Result<cri::ContainerEventResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl cri::runtime_service_server::RuntimeService for Cri {
@@ -100,7 +122,7 @@ impl cri::runtime_service_server::RuntimeService for Cri {
         _r: Request<cri::UpdateRuntimeConfigRequest>,
     ) -> Result<Response<cri::UpdateRuntimeConfigResponse>, Status> {
         // kubelet sends the pod CIDR here; CNI plugins get theirs from their own config.
-        instrument::instrument("UpdateRuntimeConfig", async {
+        self.instrumented("UpdateRuntimeConfig", async {
             self.services()?;
             Ok(cri::UpdateRuntimeConfigResponse {})
         })
@@ -210,27 +232,27 @@ impl cri::runtime_service_server::RuntimeService for Cri {
     }
     async fn container_stats(
         &self,
-        _r: Request<cri::ContainerStatsRequest>,
+        r: Request<cri::ContainerStatsRequest>,
     ) -> Result<Response<cri::ContainerStatsResponse>, Status> {
-        Err(not_yet("ContainerStats", "stats"))
+        Cri::container_stats(self, r).await
     }
     async fn list_container_stats(
         &self,
-        _r: Request<cri::ListContainerStatsRequest>,
+        r: Request<cri::ListContainerStatsRequest>,
     ) -> Result<Response<cri::ListContainerStatsResponse>, Status> {
-        Err(not_yet("ListContainerStats", "stats"))
+        Cri::list_container_stats(self, r).await
     }
     async fn pod_sandbox_stats(
         &self,
-        _r: Request<cri::PodSandboxStatsRequest>,
+        r: Request<cri::PodSandboxStatsRequest>,
     ) -> Result<Response<cri::PodSandboxStatsResponse>, Status> {
-        Err(not_yet("PodSandboxStats", "stats"))
+        Cri::pod_sandbox_stats(self, r).await
     }
     async fn list_pod_sandbox_stats(
         &self,
-        _r: Request<cri::ListPodSandboxStatsRequest>,
+        r: Request<cri::ListPodSandboxStatsRequest>,
     ) -> Result<Response<cri::ListPodSandboxStatsResponse>, Status> {
-        Err(not_yet("ListPodSandboxStats", "stats"))
+        Cri::list_pod_sandbox_stats(self, r).await
     }
     async fn checkpoint_container(
         &self,
@@ -240,24 +262,24 @@ impl cri::runtime_service_server::RuntimeService for Cri {
             "CheckpointContainer: checkpointing is not supported by crust",
         ))
     }
-    type GetContainerEventsStream = EventStream;
+    type GetContainerEventsStream = events::EventStream;
     async fn get_container_events(
         &self,
-        _r: Request<cri::GetEventsRequest>,
+        r: Request<cri::GetEventsRequest>,
     ) -> Result<Response<Self::GetContainerEventsStream>, Status> {
-        Err(not_yet("GetContainerEvents", "events"))
+        Cri::get_container_events(self, r).await
     }
     async fn list_metric_descriptors(
         &self,
-        _r: Request<cri::ListMetricDescriptorsRequest>,
+        r: Request<cri::ListMetricDescriptorsRequest>,
     ) -> Result<Response<cri::ListMetricDescriptorsResponse>, Status> {
-        Err(not_yet("ListMetricDescriptors", "stats"))
+        Cri::list_metric_descriptors(self, r).await
     }
     async fn list_pod_sandbox_metrics(
         &self,
-        _r: Request<cri::ListPodSandboxMetricsRequest>,
+        r: Request<cri::ListPodSandboxMetricsRequest>,
     ) -> Result<Response<cri::ListPodSandboxMetricsResponse>, Status> {
-        Err(not_yet("ListPodSandboxMetrics", "stats"))
+        Cri::list_pod_sandbox_metrics(self, r).await
     }
 }
 

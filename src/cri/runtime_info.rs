@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use crust_proto::cri;
 use tonic::{Request, Response, Status};
 
-use super::{Cri, instrument};
+use super::Cri;
 use crate::config::CgroupDriver;
 
 /// The CRI version string kubelet insists on.
@@ -16,7 +16,7 @@ impl Cri {
         &self,
         _request: Request<cri::VersionRequest>,
     ) -> Result<Response<cri::VersionResponse>, Status> {
-        instrument::instrument("Version", async {
+        self.instrumented("Version", async {
             self.services()?;
             Ok(cri::VersionResponse {
                 version: CRI_VERSION.into(),
@@ -32,7 +32,7 @@ impl Cri {
         &self,
         request: Request<cri::StatusRequest>,
     ) -> Result<Response<cri::StatusResponse>, Status> {
-        instrument::instrument("Status", async {
+        self.instrumented("Status", async {
             let services = self.services()?;
             let runtime = cri::RuntimeCondition {
                 r#type: "RuntimeReady".into(),
@@ -82,7 +82,7 @@ impl Cri {
         &self,
         _request: Request<cri::RuntimeConfigRequest>,
     ) -> Result<Response<cri::RuntimeConfigResponse>, Status> {
-        instrument::instrument("RuntimeConfig", async {
+        self.instrumented("RuntimeConfig", async {
             let services = self.services()?;
             let driver = match services.config.cgroup_driver {
                 CgroupDriver::Cgroupfs => cri::CgroupDriver::Cgroupfs,

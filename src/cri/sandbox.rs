@@ -7,7 +7,7 @@ use tonic::{Request, Response, Status};
 
 use std::sync::Arc;
 
-use super::{Cri, Services, container, convert, error, instrument};
+use super::{Cri, Services, container, convert, error};
 
 impl Cri {
     pub(super) async fn run_pod_sandbox(
@@ -15,7 +15,7 @@ impl Cri {
         request: Request<cri::RunPodSandboxRequest>,
     ) -> Result<Response<cri::RunPodSandboxResponse>, Status> {
         let req = request.into_inner();
-        instrument::instrument("RunPodSandbox", async {
+        self.instrumented("RunPodSandbox", async {
             let services = self.services()?;
             let config = req
                 .config
@@ -27,6 +27,16 @@ impl Cri {
                 .await
                 .map_err(|e| Status::internal(format!("run task failed: {e}")))?
                 .map_err(|e| error::sandbox_status(&e))?;
+            services.events.emit(
+                &services,
+                &id,
+                cri::ContainerEventType::ContainerCreatedEvent,
+            );
+            services.events.emit(
+                &services,
+                &id,
+                cri::ContainerEventType::ContainerStartedEvent,
+            );
             Ok(cri::RunPodSandboxResponse { pod_sandbox_id: id })
         })
         .await
@@ -37,7 +47,7 @@ impl Cri {
         request: Request<cri::StopPodSandboxRequest>,
     ) -> Result<Response<cri::StopPodSandboxResponse>, Status> {
         let id = request.into_inner().pod_sandbox_id;
-        instrument::instrument("StopPodSandbox", async {
+        self.instrumented("StopPodSandbox", async {
             let services = self.services()?;
             if id.is_empty() {
                 return Err(Status::invalid_argument("pod_sandbox_id: empty"));
@@ -55,7 +65,7 @@ impl Cri {
         request: Request<cri::RemovePodSandboxRequest>,
     ) -> Result<Response<cri::RemovePodSandboxResponse>, Status> {
         let id = request.into_inner().pod_sandbox_id;
-        instrument::instrument("RemovePodSandbox", async {
+        self.instrumented("RemovePodSandbox", async {
             let services = self.services()?;
             if id.is_empty() {
                 return Err(Status::invalid_argument("pod_sandbox_id: empty"));
@@ -73,7 +83,7 @@ impl Cri {
         request: Request<cri::PodSandboxStatusRequest>,
     ) -> Result<Response<cri::PodSandboxStatusResponse>, Status> {
         let req = request.into_inner();
-        instrument::instrument("PodSandboxStatus", async {
+        self.instrumented("PodSandboxStatus", async {
             let services = self.services()?;
             let record = services.sandboxes.get(&req.pod_sandbox_id).ok_or_else(|| {
                 Status::not_found(format!("pod sandbox {:?} not found", req.pod_sandbox_id))
@@ -110,7 +120,7 @@ impl Cri {
         request: Request<cri::ListPodSandboxRequest>,
     ) -> Result<Response<cri::ListPodSandboxResponse>, Status> {
         let filter = request.into_inner().filter;
-        instrument::instrument("ListPodSandbox", async {
+        self.instrumented("ListPodSandbox", async {
             let services = self.services()?;
             let items = services
                 .sandboxes
@@ -147,11 +157,20 @@ async fn stop_pod(services: Arc<Services>, id: String) -> Result<(), Status> {
             .await
             .map_err(|e| error::container_status(&e))?;
     }
+    let was_stopped = sandbox.stopped_at.is_some();
     services
         .sandboxes
         .stop(&sandbox.id)
         .await
-        .map_err(|e| error::sandbox_status(&e))
+        .map_err(|e| error::sandbox_status(&e))?;
+    if !was_stopped {
+        services.events.emit(
+            &services,
+            &sandbox.id,
+            cri::ContainerEventType::ContainerStoppedEvent,
+        );
+    }
+    Ok(())
 }
 
 /// RemovePodSandbox's work: remove the pod's containers, then the sandbox.
@@ -166,5 +185,11 @@ async fn remove_pod(services: Arc<Services>, id: String) -> Result<(), Status> {
         .sandboxes
         .remove(&sandbox.id)
         .await
-        .map_err(|e| error::sandbox_status(&e))
+        .map_err(|e| error::sandbox_status(&e))?;
+    services.events.emit(
+        &services,
+        &sandbox.id,
+        cri::ContainerEventType::ContainerDeletedEvent,
+    );
+    Ok(())
 }

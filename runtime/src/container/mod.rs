@@ -196,7 +196,15 @@ pub struct ContainerService {
     exits: Mutex<HashMap<String, watch::Sender<bool>>>,
     /// What this node supports (capabilities, AppArmor, cgroup features).
     host: HostFeatures,
+    /// Called, synchronously and in order, when a container exits.
+    exit_hook: std::sync::OnceLock<ExitHook>,
+    /// Serializes read-modify-write of records (an exit racing a start must not be
+    /// overwritten by the start's older copy).
+    update_lock: Mutex<()>,
 }
+
+/// A callback told the id of each container that exits.
+pub type ExitHook = Box<dyn Fn(&str) + Send + Sync>;
 
 fn rt(id: &str, step: &'static str) -> impl FnOnce(RuntimeError) -> ContainerError {
     let id = id.to_string();
@@ -216,9 +224,17 @@ impl ContainerService {
             index: RwLock::new(Index::default()),
             exits: Mutex::new(HashMap::new()),
             host: HostFeatures::detect(),
+            exit_hook: std::sync::OnceLock::new(),
+            update_lock: Mutex::new(()),
         });
         service.recover().await?;
         Ok(service)
+    }
+
+    /// Sets the exit callback (once; later calls are ignored). It runs before anyone
+    /// waiting in [`ContainerService::stop`] is woken, so exit events precede removals.
+    pub fn set_exit_hook(&self, hook: ExitHook) {
+        let _ = self.exit_hook.set(hook);
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Index> {
@@ -324,17 +340,39 @@ impl ContainerService {
         });
     }
 
+    /// Applies `change` to the current record, persists it, then publishes it.
+    fn update(
+        &self,
+        id: &str,
+        change: impl FnOnce(&mut ContainerRecord),
+    ) -> Result<Option<Arc<ContainerRecord>>> {
+        let _guard = self.update_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(current) = self.get(id) else {
+            return Ok(None);
+        };
+        let mut r = (*current).clone();
+        change(&mut r);
+        record::put(&self.db, &r)?;
+        Ok(Some(self.publish(r)))
+    }
+
     fn on_monitor_exit(&self, id: &str) {
-        if let Some(current) = self.get(id)
-            && current.finished_at.is_none()
-        {
-            let mut r = (*current).clone();
-            self.record_exit(&mut r);
-            if let Err(e) = record::put(&self.db, &r) {
-                tracing::warn!(container = %id, error = %e, "cannot record the exit");
+        let mut exited = false;
+        let result = self.update(id, |r| {
+            if r.finished_at.is_none() {
+                self.record_exit(r);
+                exited = true;
             }
-            tracing::info!(container = %id, code = ?r.exit_code, reason = %r.reason, "container exited");
-            self.publish(r);
+        });
+        match result {
+            Ok(Some(r)) if exited => {
+                tracing::info!(container = %id, code = ?r.exit_code, reason = %r.reason, "container exited");
+                if let Some(hook) = self.exit_hook.get() {
+                    hook(id);
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(container = %id, error = %e, "cannot record the exit"),
         }
         if let Some(tx) = self.exits.lock().unwrap_or_else(|p| p.into_inner()).get(id) {
             let _ = tx.send(true);
@@ -612,19 +650,10 @@ impl ContainerService {
         }
         let runtime = self.runtime(&r.runtime_handler)?;
         runtime.start(&r.id).await.map_err(rt(&r.id, "start"))?;
-        let mut updated = (*r).clone();
-        updated.started_at = Some(now_nanos());
-        // A container that exited at once may already have been recorded as exited.
-        if let Some(current) = self.get(&r.id)
-            && current.finished_at.is_some()
-        {
-            updated.finished_at = current.finished_at;
-            updated.exit_code = current.exit_code;
-            updated.reason = current.reason.clone();
-            updated.message = current.message.clone();
-        }
-        record::put(&self.db, &updated)?;
-        self.publish(updated);
+        // The container may already have exited (and been recorded so): keep that.
+        self.update(&r.id, |u| {
+            u.started_at.get_or_insert_with(now_nanos);
+        })?;
         Ok(())
     }
 
@@ -710,10 +739,7 @@ impl ContainerService {
         }
         let runtime = self.runtime(&r.runtime_handler)?;
         exec::update(&runtime, &r, &resources).await?;
-        let mut updated = (*r).clone();
-        updated.resources = Some(resources);
-        record::put(&self.db, &updated)?;
-        self.publish(updated);
+        self.update(&r.id, |u| u.resources = Some(resources))?;
         Ok(())
     }
 
