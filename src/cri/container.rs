@@ -212,12 +212,21 @@ fn container_matches(
     r: &crust_runtime::container::ContainerRecord,
     f: &cri::ContainerFilter,
 ) -> bool {
-    (f.id.is_empty() || r.id.starts_with(&f.id))
-        && (f.pod_sandbox_id.is_empty() || r.sandbox_id.starts_with(&f.pod_sandbox_id))
+    selected(r, &f.id, &f.pod_sandbox_id, &f.label_selector)
         && f.state.as_ref().is_none_or(|s| s.state == state(r) as i32)
-        && f.label_selector
-            .iter()
-            .all(|(k, v)| r.config.labels.get(k) == Some(v))
+}
+
+/// The id, sandbox and label part of container filters (ListContainers and
+/// ListContainerStats share it): ids match by prefix, as crictl abbreviates them.
+pub(super) fn selected(
+    r: &crust_runtime::container::ContainerRecord,
+    id: &str,
+    sandbox_id: &str,
+    labels: &HashMap<String, String>,
+) -> bool {
+    (id.is_empty() || r.id.starts_with(id))
+        && (sandbox_id.is_empty() || r.sandbox_id.starts_with(sandbox_id))
+        && super::labels_match(&r.config.labels, labels)
 }
 
 /// CreateContainer's work: resolve the image, mount the rootfs, create under a monitor;

@@ -91,6 +91,14 @@ impl Cri {
     }
 }
 
+/// Whether `labels` has every key of `selector` with the same value.
+fn labels_match(
+    labels: &std::collections::HashMap<String, String>,
+    selector: &std::collections::HashMap<String, String>,
+) -> bool {
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
 fn not_yet(rpc: &str, issue: &str) -> Status {
     Status::unimplemented(format!(
         "{rpc} is not supported by this crust version yet ({issue})"

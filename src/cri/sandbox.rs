@@ -138,9 +138,7 @@ impl Cri {
 fn sandbox_matches(s: &cri::PodSandbox, f: &cri::PodSandboxFilter) -> bool {
     (f.id.is_empty() || s.id.starts_with(&f.id))
         && f.state.as_ref().is_none_or(|st| st.state == s.state)
-        && f.label_selector
-            .iter()
-            .all(|(k, v)| s.labels.get(k) == Some(v))
+        && super::labels_match(&s.labels, &f.label_selector)
 }
 
 /// StopPodSandbox's work: the pod's containers first (kubelet has already given them

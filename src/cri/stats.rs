@@ -187,12 +187,7 @@ impl Cri {
                 .iter()
                 .filter(|r| {
                     filter.as_ref().is_none_or(|f| {
-                        (f.id.is_empty() || r.id.starts_with(&f.id))
-                            && (f.pod_sandbox_id.is_empty()
-                                || r.sandbox_id.starts_with(&f.pod_sandbox_id))
-                            && f.label_selector
-                                .iter()
-                                .all(|(k, v)| r.config.labels.get(k) == Some(v))
+                        super::container::selected(r, &f.id, &f.pod_sandbox_id, &f.label_selector)
                     })
                 })
                 .map(|r| container_stats(&services, r))
@@ -234,9 +229,7 @@ impl Cri {
                 .filter(|s| {
                     filter.as_ref().is_none_or(|f| {
                         (f.id.is_empty() || s.id.starts_with(&f.id))
-                            && f.label_selector
-                                .iter()
-                                .all(|(k, v)| s.config.labels.get(k) == Some(v))
+                            && super::labels_match(&s.config.labels, &f.label_selector)
                     })
                 })
                 .map(|s| pod_stats(&services, s))
