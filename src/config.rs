@@ -41,6 +41,8 @@ pub struct Config {
     pub monitor_path: Option<PathBuf>,
     /// Where to serve Prometheus metrics (`/metrics`); off when unset.
     pub metrics_address: Option<std::net::SocketAddr>,
+    /// A registry image to run as every pod's pause process instead of the built-in one.
+    pub pause_image: Option<String>,
 }
 
 /// One OCI runtime (a runc-compatible CLI).
@@ -118,6 +120,7 @@ impl Default for Config {
             )]),
             monitor_path: None,
             metrics_address: None,
+            pause_image: None,
         }
     }
 }
@@ -172,6 +175,10 @@ path = "runc"
 # Prometheus metrics (per-RPC latency and counts, image pulls, sandboxes and containers
 # by state, live monitors) at http://ADDRESS/metrics. Off unless set; prefer loopback.
 # metrics_address = "127.0.0.1:9539"
+
+# Pods run crust's built-in static pause program, which needs no image. To run a pause
+# image instead (pulled on first use and kept pinned), name it here.
+# pause_image = "registry.k8s.io/pause:3.10"
 
 [registry]
 # Registry hosts in containerd's hosts.toml layout: one directory per registry host

@@ -259,7 +259,9 @@ async fn recover(config: Arc<Config>) -> anyhow::Result<cri::Services> {
     // crash interrupted: release them.
     let images = Arc::new(images);
     for owner in images.rootfs_owners() {
-        if containers.get(&owner).is_none() {
+        let live_pause =
+            cri::pause_rootfs_owner(&owner).is_some_and(|id| sandboxes.get(id).is_some());
+        if containers.get(&owner).is_none() && !live_pause {
             tracing::info!(container = %owner, "removing the rootfs of a container that was never created");
             images
                 .remove_rootfs(&owner)

@@ -548,3 +548,44 @@ async fn the_runtime_handler_picks_the_oci_runtime() {
     remove(&mut c, &id).await;
     assert_nothing_left(&d, &net);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pause_image_replaces_the_built_in_pause() {
+    let reg = support::registry::Registry::start();
+    let mut image = support::oci::busybox_image();
+    image.config =
+        serde_json::json!({"Entrypoint": ["/bin/sleep"], "Cmd": ["1000000"], "Env": ["PATH=/bin"]});
+    support::oci::push_image(&reg.host(), "pause", "1", &image).await;
+    let mut d = Crustd::start().await;
+    d.set_top_config(&format!("pause_image = \"{}/pause:1\"\n", reg.host()));
+    d.restart().await;
+    let net = TestNetwork::create(&d.cni_conf_dir(), d.dir(), &[]);
+    let mut c = d.client().await;
+    // The image is pulled on first use.
+    let id = run(&mut c, config("imaged")).await.unwrap();
+    let (st, info) = status(&mut c, &id).await;
+    assert_eq!(st.state, cri::PodSandboxState::SandboxReady as i32);
+    let pid = info["pid"].as_i64().unwrap();
+    let cmdline = fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap();
+    assert!(cmdline.starts_with("/bin/sleep\01000000"), "{cmdline:?}");
+    // Its layers are pinned while the pod exists, and it survives a restart.
+    d.restart().await;
+    let mut c = d.client().await;
+    assert_eq!(
+        status(&mut c, &id).await.0.state,
+        cri::PodSandboxState::SandboxReady as i32
+    );
+    stop(&mut c, &id).await;
+    remove(&mut c, &id).await;
+    assert_nothing_left(&d, &net);
+    let rootfs: Vec<_> = fs::read_dir(d.dir().join("state/pause-rootfs"))
+        .map(|r| r.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(rootfs.is_empty(), "{rootfs:?}");
+    assert!(
+        fs::read_dir(d.root().join("containers"))
+            .map(|r| r.count())
+            .unwrap_or(0)
+            == 0
+    );
+}

@@ -37,6 +37,17 @@ pub(crate) fn now_nanos() -> i64 {
         .unwrap_or(0)
 }
 
+/// A pause process from a pause image instead of crust's built-in one.
+#[derive(Debug, Clone)]
+pub struct PauseProcess {
+    /// The image's mounted rootfs.
+    pub rootfs: PathBuf,
+    /// Its command (the image's entrypoint and cmd).
+    pub args: Vec<String>,
+    /// Its environment.
+    pub env: Vec<String>,
+}
+
 /// Cgroup drivers: how `cgroup_parent` and the pause's cgroups path are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CgroupDriver {
@@ -284,15 +295,28 @@ impl SandboxService {
             })
     }
 
-    /// Runs a pod sandbox; on any failure every step already taken is undone.
+    /// A fresh sandbox id, for callers that prepare something (a pause image's rootfs)
+    /// under the id before [`SandboxService::run`].
+    pub fn new_id() -> String {
+        hex::encode(rand::random::<[u8; 32]>())
+    }
+
+    /// Runs pod sandbox `id`; on any failure every step already taken is undone. The
+    /// pause process is crust's own unless `pause` names another (from a pause image).
     pub async fn run(
         self: &Arc<Self>,
+        id: String,
         config: cri::PodSandboxConfig,
         handler: &str,
+        pause: Option<PauseProcess>,
     ) -> Result<String> {
         let meta = validate(&config)?;
         let (handler, runtime) = self.runtime(handler)?;
-        let id = hex::encode(rand::random::<[u8; 32]>());
+        if id.len() != 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(SandboxError::Invalid(format!(
+                "sandbox id {id:?} is not 64 hex digits"
+            )));
+        }
         let key = name_key(&meta);
         {
             let mut index = self.index_mut();
@@ -329,7 +353,7 @@ impl SandboxService {
         };
         record.cgroups_path = self.cgroups_path(&record);
         let outcome = match record::put(&self.db, &record) {
-            Ok(()) => self.bring_up(&mut record, &runtime).await,
+            Ok(()) => self.bring_up(&mut record, &runtime, pause).await,
             Err(e) => Err(e),
         };
         match outcome {
@@ -392,7 +416,12 @@ impl SandboxService {
         }
     }
 
-    async fn bring_up(&self, record: &mut SandboxRecord, runtime: &OciRuntime) -> Result<()> {
+    async fn bring_up(
+        &self,
+        record: &mut SandboxRecord,
+        runtime: &OciRuntime,
+        pause: Option<PauseProcess>,
+    ) -> Result<()> {
         let id = record.id.clone();
         let config = record.config.clone();
         let meta = record.metadata();
@@ -465,10 +494,16 @@ impl SandboxService {
             } else {
                 config.hostname.clone()
             },
-            rootfs: self.pause_rootfs.clone(),
+            rootfs: pause
+                .as_ref()
+                .map_or_else(|| self.pause_rootfs.clone(), |p| p.rootfs.clone()),
             readonly_rootfs: true,
-            args: vec!["/pause".into()],
-            env: vec!["PATH=/".into()],
+            args: pause
+                .as_ref()
+                .map_or_else(|| vec!["/pause".into()], |p| p.args.clone()),
+            env: pause
+                .as_ref()
+                .map_or_else(|| vec!["PATH=/".into()], |p| p.env.clone()),
             netns: match &record.netns {
                 Some(p) => NsMode::Path(p.clone()),
                 None => NsMode::Host,

@@ -11,6 +11,7 @@ pub mod instrument;
 mod pod_metrics;
 mod runtime_info;
 mod sandbox;
+pub use sandbox::pause_rootfs_owner;
 pub mod stats;
 
 use std::sync::{Arc, OnceLock};

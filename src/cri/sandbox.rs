@@ -20,13 +20,11 @@ impl Cri {
             let config = req
                 .config
                 .ok_or_else(|| Status::invalid_argument("config: missing"))?;
-            let sandboxes = services.sandboxes.clone();
             // Detached: kubelet giving up must not stop a creation halfway; the work
             // either finishes or undoes itself.
-            let id = tokio::spawn(async move { sandboxes.run(config, &req.runtime_handler).await })
+            let id = tokio::spawn(run_pod(Arc::clone(&services), config, req.runtime_handler))
                 .await
-                .map_err(|e| Status::internal(format!("run task failed: {e}")))?
-                .map_err(|e| error::sandbox_status(&e))?;
+                .map_err(|e| Status::internal(format!("run task failed: {e}")))??;
             services.events.emit(
                 &services,
                 &id,
@@ -184,10 +182,91 @@ async fn remove_pod(services: Arc<Services>, id: String) -> Result<(), Status> {
         .remove(&sandbox.id)
         .await
         .map_err(|e| error::sandbox_status(&e))?;
+    services
+        .images
+        .remove_rootfs(&pause_rootfs_key(&sandbox.id))
+        .await
+        .map_err(|e| error::image_status(&e))?;
     services.events.emit(
         &services,
         &sandbox.id,
         cri::ContainerEventType::ContainerDeletedEvent,
     );
     Ok(())
+}
+
+/// The key of a sandbox's pause-image rootfs in the image service.
+fn pause_rootfs_key(sandbox_id: &str) -> String {
+    format!("pause-{sandbox_id}")
+}
+
+/// The sandbox a rootfs key belongs to when it names a pause-image rootfs (recovery
+/// keeps those of live pods).
+pub fn pause_rootfs_owner(key: &str) -> Option<&str> {
+    key.strip_prefix("pause-")
+}
+
+/// RunPodSandbox's work: with `pause_image` configured, pull it if absent and mount its
+/// rootfs for the pause process; then run the sandbox, undoing the mount on failure.
+async fn run_pod(
+    services: Arc<Services>,
+    config: cri::PodSandboxConfig,
+    handler: String,
+) -> Result<String, Status> {
+    let id = crust_sandbox::SandboxService::new_id();
+    let mut pause = None;
+    if let Some(name) = services.config.pause_image.clone() {
+        let image = match services.images.resolve(&name) {
+            Some(i) => i,
+            None => {
+                services
+                    .images
+                    .pull(&name, None, tokio_util::sync::CancellationToken::new())
+                    .await
+                    .map_err(|e| error::image_status(&e))?
+                    .image
+            }
+        };
+        let image_config = image.config_json();
+        let strings = |key: &str| -> Vec<String> {
+            image_config
+                .pointer(&format!("/config/{key}"))
+                .and_then(|v| v.as_array())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|s| s.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let mut args = strings("Entrypoint");
+        args.extend(strings("Cmd"));
+        if args.is_empty() {
+            return Err(Status::failed_precondition(format!(
+                "pause image {name}: it names no command"
+            )));
+        }
+        // Outside the sandbox's own state dir, which its removal deletes.
+        let mountpoint = services.config.state.join("pause-rootfs").join(&id);
+        let rootfs = services
+            .images
+            .create_rootfs(&image, &pause_rootfs_key(&id), &mountpoint)
+            .await
+            .map_err(|e| error::image_status(&e))?;
+        pause = Some(crust_sandbox::PauseProcess {
+            rootfs,
+            args,
+            env: strings("Env"),
+        });
+    }
+    let result = services
+        .sandboxes
+        .run(id.clone(), config, &handler, pause)
+        .await;
+    if result.is_err()
+        && let Err(e) = services.images.remove_rootfs(&pause_rootfs_key(&id)).await
+    {
+        tracing::warn!(sandbox = %id, error = %e, "pause rootfs cleanup");
+    }
+    result.map_err(|e| error::sandbox_status(&e))
 }
