@@ -567,7 +567,7 @@ async fn a_pause_image_replaces_the_built_in_pause() {
     assert_eq!(st.state, cri::PodSandboxState::SandboxReady as i32);
     let pid = info["pid"].as_i64().unwrap();
     let cmdline = fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap();
-    assert!(cmdline.starts_with("/bin/sleep\01000000"), "{cmdline:?}");
+    assert!(cmdline.starts_with("/bin/sleep\u{0}1000000"), "{cmdline:?}");
     // Its layers are pinned while the pod exists, and it survives a restart.
     d.restart().await;
     let mut c = d.client().await;
