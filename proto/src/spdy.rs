@@ -21,7 +21,7 @@
 
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
 
-use super::spdy_dictionary::DICTIONARY;
+use crate::spdy_dictionary::DICTIONARY;
 
 /// The SPDY version this module speaks.
 const VERSION: u16 = 3;
@@ -249,7 +249,14 @@ impl HeaderCodec {
     fn encode_inner(&mut self, frame: &Frame, out: &mut Vec<u8>) -> Result<(), SpdyError> {
         let start = out.len();
         match frame {
-            Frame::SynStream { stream_id, associated_id, priority, fin, unidirectional, headers } => {
+            Frame::SynStream {
+                stream_id,
+                associated_id,
+                priority,
+                fin,
+                unidirectional,
+                headers,
+            } => {
                 let name = "SYN_STREAM";
                 let block = self.header_block(name, headers)?;
                 if *priority > 7 {
@@ -262,14 +269,22 @@ impl HeaderCodec {
                 out.extend_from_slice(&[priority << 5, 0]);
                 self.compress(&block, out)?;
             }
-            Frame::SynReply { stream_id, fin, headers } => {
+            Frame::SynReply {
+                stream_id,
+                fin,
+                headers,
+            } => {
                 let name = "SYN_REPLY";
                 let block = self.header_block(name, headers)?;
                 control_header(out, kind::SYN_REPLY, flag(*fin, FLAG_FIN));
                 put_u32(out, stream_id_of(name, *stream_id)?);
                 self.compress(&block, out)?;
             }
-            Frame::Headers { stream_id, fin, headers } => {
+            Frame::Headers {
+                stream_id,
+                fin,
+                headers,
+            } => {
                 let name = "HEADERS";
                 let block = self.header_block(name, headers)?;
                 control_header(out, kind::HEADERS, flag(*fin, FLAG_FIN));
@@ -298,7 +313,10 @@ impl HeaderCodec {
                 control_header(out, kind::PING, 0);
                 put_u32(out, *id);
             }
-            Frame::GoAway { last_good_stream_id, status } => {
+            Frame::GoAway {
+                last_good_stream_id,
+                status,
+            } => {
                 control_header(out, kind::GOAWAY, 0);
                 put_u32(out, id31("GOAWAY", *last_good_stream_id)?);
                 put_u32(out, *status);
@@ -308,7 +326,11 @@ impl HeaderCodec {
                 put_u32(out, id31("WINDOW_UPDATE", *stream_id)?);
                 put_u32(out, id31("WINDOW_UPDATE", *delta)?);
             }
-            Frame::Data { stream_id, fin, data } => {
+            Frame::Data {
+                stream_id,
+                fin,
+                data,
+            } => {
                 put_u32(out, stream_id_of("DATA", *stream_id)?);
                 out.extend_from_slice(&[flag(*fin, FLAG_FIN), 0, 0, 0]);
                 out.extend_from_slice(data);
@@ -316,7 +338,10 @@ impl HeaderCodec {
         }
         let len = out.len() - start - FRAME_HEADER_LEN;
         if len > MAX_WIRE_LEN {
-            return Err(SpdyError::FrameTooLarge { len, max: MAX_WIRE_LEN });
+            return Err(SpdyError::FrameTooLarge {
+                len,
+                max: MAX_WIRE_LEN,
+            });
         }
         out[start + 5..start + 8].copy_from_slice(&(len as u32).to_be_bytes()[1..]);
         Ok(())
@@ -344,9 +369,14 @@ impl HeaderCodec {
                 None => merged.push((name, value.clone())),
             }
         }
-        let too_large = SpdyError::HeaderBlockTooLarge { max: self.max_header_block };
+        let too_large = SpdyError::HeaderBlockTooLarge {
+            max: self.max_header_block,
+        };
         let mut block = Vec::new();
-        put_u32(&mut block, u32::try_from(merged.len()).map_err(|_| invalid(frame, "too many headers"))?);
+        put_u32(
+            &mut block,
+            u32::try_from(merged.len()).map_err(|_| invalid(frame, "too many headers"))?,
+        );
         for (name, value) in &merged {
             for s in [name, value] {
                 let len = u32::try_from(s.len()).map_err(|_| invalid(frame, "header too long"))?;
@@ -397,9 +427,13 @@ impl HeaderCodec {
             let Some(header) = buf.first_chunk::<FRAME_HEADER_LEN>() else {
                 return Ok(None);
             };
-            let len = usize::from(header[5]) << 16 | usize::from(header[6]) << 8 | usize::from(header[7]);
+            let len =
+                usize::from(header[5]) << 16 | usize::from(header[6]) << 8 | usize::from(header[7]);
             if len > self.max_frame_len {
-                return Err(SpdyError::FrameTooLarge { len, max: self.max_frame_len });
+                return Err(SpdyError::FrameTooLarge {
+                    len,
+                    max: self.max_frame_len,
+                });
             }
             let total = FRAME_HEADER_LEN + len;
             if buf.len() < total {
@@ -420,7 +454,11 @@ impl HeaderCodec {
         let payload = &frame[FRAME_HEADER_LEN..];
         if word & 0x8000_0000 == 0 {
             let stream_id = nonzero("DATA", word)?;
-            return Ok(Some(Frame::Data { stream_id, fin: flags & FLAG_FIN != 0, data: payload.to_vec() }));
+            return Ok(Some(Frame::Data {
+                stream_id,
+                fin: flags & FLAG_FIN != 0,
+                data: payload.to_vec(),
+            }));
         }
         let version = ((word >> 16) & 0x7fff) as u16;
         if version != VERSION {
@@ -454,14 +492,25 @@ impl HeaderCodec {
                 let headers = self.headers(name, &payload[4..])?;
                 let stream_id = nonzero(name, be32(&payload[0..4]))?;
                 if is_reply {
-                    Frame::SynReply { stream_id, fin, headers }
+                    Frame::SynReply {
+                        stream_id,
+                        fin,
+                        headers,
+                    }
                 } else {
-                    Frame::Headers { stream_id, fin, headers }
+                    Frame::Headers {
+                        stream_id,
+                        fin,
+                        headers,
+                    }
                 }
             }
             kind::RST_STREAM => {
                 let p = exact::<8>("RST_STREAM", payload)?;
-                Frame::RstStream { stream_id: nonzero("RST_STREAM", be32(&p[0..4]))?, status: be32(&p[4..8]) }
+                Frame::RstStream {
+                    stream_id: nonzero("RST_STREAM", be32(&p[0..4]))?,
+                    status: be32(&p[4..8]),
+                }
             }
             kind::SETTINGS => {
                 let name = "SETTINGS";
@@ -470,23 +519,34 @@ impl HeaderCodec {
                 }
                 let count = be32(&payload[0..4]) as usize;
                 let body = &payload[4..];
-                if body.len() % 8 != 0 || body.len() / 8 != count {
+                if !body.len().is_multiple_of(8) || body.len() / 8 != count {
                     return Err(invalid(name, "entry count does not match length"));
                 }
                 let entries = body
                     .chunks_exact(8)
                     .map(|e| (e[0], be32(&e[0..4]) & 0x00ff_ffff, be32(&e[4..8])))
                     .collect();
-                Frame::Settings { clear: flags & FLAG_CLEAR_SETTINGS != 0, entries }
+                Frame::Settings {
+                    clear: flags & FLAG_CLEAR_SETTINGS != 0,
+                    entries,
+                }
             }
-            kind::PING => Frame::Ping { id: be32(exact::<4>("PING", payload)?) },
+            kind::PING => Frame::Ping {
+                id: be32(exact::<4>("PING", payload)?),
+            },
             kind::GOAWAY => {
                 let p = exact::<8>("GOAWAY", payload)?;
-                Frame::GoAway { last_good_stream_id: be32(&p[0..4]) & ID_MASK, status: be32(&p[4..8]) }
+                Frame::GoAway {
+                    last_good_stream_id: be32(&p[0..4]) & ID_MASK,
+                    status: be32(&p[4..8]),
+                }
             }
             kind::WINDOW_UPDATE => {
                 let p = exact::<8>("WINDOW_UPDATE", payload)?;
-                Frame::WindowUpdate { stream_id: be32(&p[0..4]) & ID_MASK, delta: be32(&p[4..8]) & ID_MASK }
+                Frame::WindowUpdate {
+                    stream_id: be32(&p[0..4]) & ID_MASK,
+                    delta: be32(&p[4..8]) & ID_MASK,
+                }
             }
             // NOOP (SPDY/2), CREDENTIAL and anything newer carry no header
             // block, so skipping them leaves the zlib stream intact.
@@ -510,7 +570,9 @@ impl HeaderCodec {
         let mut pos = 0;
         loop {
             let (in0, out0) = (self.inflate.total_in(), self.inflate.total_out());
-            let result = self.inflate.decompress(&input[pos..], &mut chunk, FlushDecompress::Sync);
+            let result = self
+                .inflate
+                .decompress(&input[pos..], &mut chunk, FlushDecompress::Sync);
             let read = (self.inflate.total_in() - in0) as usize;
             let wrote = (self.inflate.total_out() - out0) as usize;
             pos += read;
@@ -571,7 +633,8 @@ fn parse_header_block(frame: &'static str, block: &[u8]) -> Result<Headers, Spdy
             .map_err(|_| invalid(frame, "header name is not utf-8"))?
             .to_ascii_lowercase();
         let len = be32(take(4)?) as usize;
-        let value = std::str::from_utf8(take(len)?).map_err(|_| invalid(frame, "header value is not utf-8"))?;
+        let value = std::str::from_utf8(take(len)?)
+            .map_err(|_| invalid(frame, "header value is not utf-8"))?;
         for v in value.split('\0') {
             headers.push((name.clone(), v.to_owned()));
         }
@@ -609,7 +672,11 @@ fn be32(b: &[u8]) -> u32 {
 
 /// Checks a value fits in 31 bits.
 fn id31(frame: &'static str, v: u32) -> Result<u32, SpdyError> {
-    if v > ID_MASK { Err(invalid(frame, "value wider than 31 bits")) } else { Ok(v) }
+    if v > ID_MASK {
+        Err(invalid(frame, "value wider than 31 bits"))
+    } else {
+        Ok(v)
+    }
 }
 
 /// Checks a stream id fits in 31 bits and is not zero.
@@ -626,7 +693,10 @@ fn nonzero(frame: &'static str, v: u32) -> Result<u32, SpdyError> {
 }
 
 /// Requires a payload of exactly `N` bytes.
-fn exact<'a, const N: usize>(frame: &'static str, payload: &'a [u8]) -> Result<&'a [u8], SpdyError> {
+fn exact<'a, const N: usize>(
+    frame: &'static str,
+    payload: &'a [u8],
+) -> Result<&'a [u8], SpdyError> {
     if payload.len() != N {
         return Err(invalid(frame, "wrong length"));
     }
@@ -638,7 +708,10 @@ mod tests {
     use super::*;
 
     fn h(pairs: &[(&str, &str)]) -> Headers {
-        pairs.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect()
     }
 
     fn all_frames() -> Vec<Frame> {
@@ -657,19 +730,58 @@ mod tests {
                 priority: 7,
                 fin: true,
                 unidirectional: true,
-                headers: h(&[("streamtype", "stdout"), ("port", "8080"), ("requestid", "0")]),
+                headers: h(&[
+                    ("streamtype", "stdout"),
+                    ("port", "8080"),
+                    ("requestid", "0"),
+                ]),
             },
-            Frame::SynReply { stream_id: 2, fin: false, headers: h(&[]) },
-            Frame::SynReply { stream_id: 3, fin: true, headers: h(&[("x", "1"), ("x", "2"), ("y", "")]) },
-            Frame::RstStream { stream_id: 5, status: 5 },
-            Frame::Settings { clear: true, entries: vec![(1, 4, 100), (0, 7, 65536), (2, 0x00ff_ffff, u32::MAX)] },
-            Frame::Settings { clear: false, entries: vec![] },
+            Frame::SynReply {
+                stream_id: 2,
+                fin: false,
+                headers: h(&[]),
+            },
+            Frame::SynReply {
+                stream_id: 3,
+                fin: true,
+                headers: h(&[("x", "1"), ("x", "2"), ("y", "")]),
+            },
+            Frame::RstStream {
+                stream_id: 5,
+                status: 5,
+            },
+            Frame::Settings {
+                clear: true,
+                entries: vec![(1, 4, 100), (0, 7, 65536), (2, 0x00ff_ffff, u32::MAX)],
+            },
+            Frame::Settings {
+                clear: false,
+                entries: vec![],
+            },
             Frame::Ping { id: 1 },
-            Frame::GoAway { last_good_stream_id: 9, status: 2 },
-            Frame::Headers { stream_id: 7, fin: true, headers: h(&[("a", "b")]) },
-            Frame::WindowUpdate { stream_id: 1, delta: 0x7fff_ffff },
-            Frame::Data { stream_id: 1, fin: false, data: b"hello".to_vec() },
-            Frame::Data { stream_id: 2, fin: true, data: vec![] },
+            Frame::GoAway {
+                last_good_stream_id: 9,
+                status: 2,
+            },
+            Frame::Headers {
+                stream_id: 7,
+                fin: true,
+                headers: h(&[("a", "b")]),
+            },
+            Frame::WindowUpdate {
+                stream_id: 1,
+                delta: 0x7fff_ffff,
+            },
+            Frame::Data {
+                stream_id: 1,
+                fin: false,
+                data: b"hello".to_vec(),
+            },
+            Frame::Data {
+                stream_id: 2,
+                fin: true,
+                data: vec![],
+            },
         ]
     }
 
@@ -707,19 +819,44 @@ mod tests {
 
     #[test]
     fn header_names_are_lower_cased() {
-        let frame = Frame::Headers { stream_id: 1, fin: false, headers: h(&[("StreamType", "Data")]) };
+        let frame = Frame::Headers {
+            stream_id: 1,
+            fin: false,
+            headers: h(&[("StreamType", "Data")]),
+        };
         let wire = encode_all(&mut HeaderCodec::new(), &[frame]);
         let decoded = decode_all(&mut HeaderCodec::new(), wire);
-        assert_eq!(decoded, vec![Frame::Headers { stream_id: 1, fin: false, headers: h(&[("streamtype", "Data")]) }]);
+        assert_eq!(
+            decoded,
+            vec![Frame::Headers {
+                stream_id: 1,
+                fin: false,
+                headers: h(&[("streamtype", "Data")])
+            }]
+        );
     }
 
     #[test]
     fn control_frame_layout_matches_spec() {
         let mut out = Vec::new();
-        HeaderCodec::new().encode(&Frame::Ping { id: 0x0102_0304 }, &mut out).unwrap();
-        assert_eq!(out, [0x80, 0x03, 0x00, 0x06, 0x00, 0x00, 0x00, 0x04, 1, 2, 3, 4]);
+        HeaderCodec::new()
+            .encode(&Frame::Ping { id: 0x0102_0304 }, &mut out)
+            .unwrap();
+        assert_eq!(
+            out,
+            [0x80, 0x03, 0x00, 0x06, 0x00, 0x00, 0x00, 0x04, 1, 2, 3, 4]
+        );
         out.clear();
-        HeaderCodec::new().encode(&Frame::Data { stream_id: 5, fin: true, data: vec![9] }, &mut out).unwrap();
+        HeaderCodec::new()
+            .encode(
+                &Frame::Data {
+                    stream_id: 5,
+                    fin: true,
+                    data: vec![9],
+                },
+                &mut out,
+            )
+            .unwrap();
         assert_eq!(out, [0, 0, 0, 5, 0x01, 0, 0, 1, 9]);
     }
 
@@ -736,7 +873,8 @@ mod tests {
         let mut z = Compress::new(Compression::best(), true);
         z.set_dictionary(DICTIONARY).unwrap();
         let mut compressed = Vec::with_capacity(1024);
-        z.compress_vec(&block, &mut compressed, FlushCompress::Sync).unwrap();
+        z.compress_vec(&block, &mut compressed, FlushCompress::Sync)
+            .unwrap();
         // FDICT set, then the SPDY/3 dictionary id.
         assert!(compressed[1] & 0x20 != 0);
         assert_eq!(&compressed[2..6], &[0xe3, 0xc6, 0xa7, 0xc2]);
@@ -784,7 +922,10 @@ mod tests {
             priority: 0,
             fin: false,
             unidirectional: false,
-            headers: h(&[("streamtype", "stdout"), ("requestid", "some-long-request-identifier")]),
+            headers: h(&[
+                ("streamtype", "stdout"),
+                ("requestid", "some-long-request-identifier"),
+            ]),
         };
         let mut tx = HeaderCodec::new();
         let mut first = Vec::new();
@@ -792,7 +933,12 @@ mod tests {
         let mut second = Vec::new();
         tx.encode(&frame(3), &mut second).unwrap();
         // The second block refers back to the first and carries no zlib header.
-        assert!(second.len() < first.len(), "{} >= {}", second.len(), first.len());
+        assert!(
+            second.len() < first.len(),
+            "{} >= {}",
+            second.len(),
+            first.len()
+        );
         assert_ne!(&second[20..24], &[0xe3, 0xc6, 0xa7, 0xc2]);
         assert_eq!(&first[20..24], &[0xe3, 0xc6, 0xa7, 0xc2]);
 
@@ -808,8 +954,14 @@ mod tests {
     #[test]
     fn skips_unknown_control_frames() {
         let mut wire = vec![0x80, 0x03, 0x00, 0x0a, 0x00, 0x00, 0x00, 0x03, 1, 2, 3];
-        wire.extend(encode_all(&mut HeaderCodec::new(), &[Frame::Ping { id: 7 }]));
-        assert_eq!(decode_all(&mut HeaderCodec::new(), wire), vec![Frame::Ping { id: 7 }]);
+        wire.extend(encode_all(
+            &mut HeaderCodec::new(),
+            &[Frame::Ping { id: 7 }],
+        ));
+        assert_eq!(
+            decode_all(&mut HeaderCodec::new(), wire),
+            vec![Frame::Ping { id: 7 }]
+        );
     }
 
     #[test]
@@ -817,16 +969,23 @@ mod tests {
         let cases: &[&[u8]] = &[
             &[0x80, 0x03, 0x00, 0x06, 0x00, 0x00, 0x00, 0x03, 1, 2, 3], // short PING
             &[0x80, 0x03, 0x00, 0x03, 0x00, 0x00, 0x00, 0x04, 0, 0, 0, 1], // short RST_STREAM
-            &[0x80, 0x03, 0x00, 0x01, 0x00, 0x00, 0x00, 0x02, 0, 1], // short SYN_STREAM
-            &[0x80, 0x03, 0x00, 0x04, 0x00, 0x00, 0x00, 0x0c, 0, 0, 0, 2, 0, 0, 0, 1, 0, 0, 0, 1], // SETTINGS count
+            &[0x80, 0x03, 0x00, 0x01, 0x00, 0x00, 0x00, 0x02, 0, 1],    // short SYN_STREAM
+            &[
+                0x80, 0x03, 0x00, 0x04, 0x00, 0x00, 0x00, 0x0c, 0, 0, 0, 2, 0, 0, 0, 1, 0, 0, 0, 1,
+            ], // SETTINGS count
             &[0x80, 0x02, 0x00, 0x06, 0x00, 0x00, 0x00, 0x04, 0, 0, 0, 1], // SPDY/2
-            &[0, 0, 0, 0, 0, 0, 0, 1, 7],                                  // DATA on stream 0
+            &[0, 0, 0, 0, 0, 0, 0, 1, 7],                               // DATA on stream 0
             // SYN_REPLY whose header block is cut off mid-stream.
-            &[0x80, 0x03, 0x00, 0x02, 0x00, 0x00, 0x00, 0x07, 0, 0, 0, 1, 0x38, 0xea, 0xe3],
+            &[
+                0x80, 0x03, 0x00, 0x02, 0x00, 0x00, 0x00, 0x07, 0, 0, 0, 1, 0x38, 0xea, 0xe3,
+            ],
         ];
         for case in cases {
             let mut buf = case.to_vec();
-            assert!(HeaderCodec::new().decode(&mut buf).is_err(), "{case:x?} accepted");
+            assert!(
+                HeaderCodec::new().decode(&mut buf).is_err(),
+                "{case:x?} accepted"
+            );
         }
         // A partial frame is not an error, just not a frame yet.
         let mut buf = vec![0x80, 0x03, 0x00, 0x06, 0x00, 0x00, 0x00, 0x04, 1, 2];
@@ -837,12 +996,20 @@ mod tests {
         let mut z = Compress::new(Compression::default(), true);
         z.set_dictionary(DICTIONARY).unwrap();
         let mut compressed = Vec::with_capacity(256);
-        z.compress_vec(&[0, 0, 0, 1, 0, 0, 0, 9, b'x'], &mut compressed, FlushCompress::Sync).unwrap();
+        z.compress_vec(
+            &[0, 0, 0, 1, 0, 0, 0, 9, b'x'],
+            &mut compressed,
+            FlushCompress::Sync,
+        )
+        .unwrap();
         let mut wire = vec![0x80, 0x03, 0x00, 0x08, 0x00];
         wire.extend_from_slice(&((4 + compressed.len()) as u32).to_be_bytes()[1..]);
         wire.extend_from_slice(&[0, 0, 0, 1]);
         wire.extend_from_slice(&compressed);
-        assert!(matches!(HeaderCodec::new().decode(&mut wire), Err(SpdyError::InvalidFrame { .. })));
+        assert!(matches!(
+            HeaderCodec::new().decode(&mut wire),
+            Err(SpdyError::InvalidFrame { .. })
+        ));
     }
 
     #[test]
@@ -850,11 +1017,24 @@ mod tests {
         let mut codec = HeaderCodec::with_limits(1024, DEFAULT_MAX_HEADER_BLOCK);
         // Only the header has arrived: the declared length is enough to refuse.
         let mut buf = vec![0, 0, 0, 1, 0, 0x00, 0x04, 0x01];
-        assert!(matches!(codec.decode(&mut buf), Err(SpdyError::FrameTooLarge { len: 1025, max: 1024 })));
+        assert!(matches!(
+            codec.decode(&mut buf),
+            Err(SpdyError::FrameTooLarge {
+                len: 1025,
+                max: 1024
+            })
+        ));
 
-        let huge = Frame::Data { stream_id: 1, fin: false, data: vec![0; MAX_WIRE_LEN + 1] };
+        let huge = Frame::Data {
+            stream_id: 1,
+            fin: false,
+            data: vec![0; MAX_WIRE_LEN + 1],
+        };
         let mut out = vec![1, 2, 3];
-        assert!(matches!(HeaderCodec::new().encode(&huge, &mut out), Err(SpdyError::FrameTooLarge { .. })));
+        assert!(matches!(
+            HeaderCodec::new().encode(&huge, &mut out),
+            Err(SpdyError::FrameTooLarge { .. })
+        ));
         assert_eq!(out, [1, 2, 3]);
     }
 
@@ -871,18 +1051,29 @@ mod tests {
         let mut z = Compress::new(Compression::default(), true);
         z.set_dictionary(DICTIONARY).unwrap();
         let mut compressed = Vec::with_capacity(64 << 10);
-        z.compress_vec(&block, &mut compressed, FlushCompress::Sync).unwrap();
+        z.compress_vec(&block, &mut compressed, FlushCompress::Sync)
+            .unwrap();
         assert!(compressed.len() < 32 << 10);
         let mut wire = vec![0x80, 0x03, 0x00, 0x08, 0x00];
         wire.extend_from_slice(&((4 + compressed.len()) as u32).to_be_bytes()[1..]);
         wire.extend_from_slice(&[0, 0, 0, 1]);
         wire.extend_from_slice(&compressed);
-        assert!(matches!(HeaderCodec::new().decode(&mut wire), Err(SpdyError::HeaderBlockTooLarge { .. })));
+        assert!(matches!(
+            HeaderCodec::new().decode(&mut wire),
+            Err(SpdyError::HeaderBlockTooLarge { .. })
+        ));
 
         // The encoder refuses too, without touching its compression state.
         let mut tx = HeaderCodec::new();
-        let big = Frame::Headers { stream_id: 1, fin: false, headers: vec![("x".into(), "a".repeat(2 << 20))] };
-        assert!(matches!(tx.encode(&big, &mut Vec::new()), Err(SpdyError::HeaderBlockTooLarge { .. })));
+        let big = Frame::Headers {
+            stream_id: 1,
+            fin: false,
+            headers: vec![("x".into(), "a".repeat(2 << 20))],
+        };
+        assert!(matches!(
+            tx.encode(&big, &mut Vec::new()),
+            Err(SpdyError::HeaderBlockTooLarge { .. })
+        ));
         let frames = all_frames();
         let wire = encode_all(&mut tx, &frames);
         assert_eq!(decode_all(&mut HeaderCodec::new(), wire), frames);
@@ -892,12 +1083,33 @@ mod tests {
     fn rejects_unencodable_frames() {
         let bad = [
             Frame::Ping { id: 1 },
-            Frame::Data { stream_id: 0, fin: false, data: vec![] },
-            Frame::RstStream { stream_id: 0x8000_0000, status: 1 },
-            Frame::WindowUpdate { stream_id: 1, delta: 0x8000_0000 },
-            Frame::Settings { clear: false, entries: vec![(0, 0x0100_0000, 1)] },
-            Frame::Headers { stream_id: 1, fin: false, headers: h(&[("", "x")]) },
-            Frame::Headers { stream_id: 1, fin: false, headers: h(&[("x", "a\0b")]) },
+            Frame::Data {
+                stream_id: 0,
+                fin: false,
+                data: vec![],
+            },
+            Frame::RstStream {
+                stream_id: 0x8000_0000,
+                status: 1,
+            },
+            Frame::WindowUpdate {
+                stream_id: 1,
+                delta: 0x8000_0000,
+            },
+            Frame::Settings {
+                clear: false,
+                entries: vec![(0, 0x0100_0000, 1)],
+            },
+            Frame::Headers {
+                stream_id: 1,
+                fin: false,
+                headers: h(&[("", "x")]),
+            },
+            Frame::Headers {
+                stream_id: 1,
+                fin: false,
+                headers: h(&[("x", "a\0b")]),
+            },
             Frame::SynStream {
                 stream_id: 1,
                 associated_id: 0,
@@ -909,7 +1121,11 @@ mod tests {
         ];
         for (i, f) in bad.iter().enumerate() {
             let mut out = Vec::new();
-            assert_eq!(HeaderCodec::new().encode(f, &mut out).is_err(), i != 0, "{f:?}");
+            assert_eq!(
+                HeaderCodec::new().encode(f, &mut out).is_err(),
+                i != 0,
+                "{f:?}"
+            );
         }
     }
 
