@@ -74,6 +74,7 @@ impl Drop for Container {
         if let Some(pid) = self.monitor_pid {
             kill_and_reap(pid);
         }
+        crust_runtime::stats::cgroup::remove_empty_cgroup(&format!("/crust/{}", self.id));
     }
 }
 
@@ -166,7 +167,7 @@ fn container(tag: &str, process: Value, linux: Value) -> Container {
         ],
         "linux": {
             "namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}],
-            "cgroupsPath": format!("/crust-test/{id}")
+            "cgroupsPath": format!("/crust/{id}")
         }
     });
     merge(&mut spec["process"], process);
@@ -650,7 +651,7 @@ fn assert_nothing_left(c: &Container, monitor_name: &str, status: Option<i32>) {
     for hierarchy in ["memory", "pids", "unified"] {
         let procs = Path::new("/sys/fs/cgroup")
             .join(hierarchy)
-            .join("crust-test")
+            .join("crust")
             .join(&c.id)
             .join("cgroup.procs");
         if let Ok(procs) = std::fs::read_to_string(&procs) {

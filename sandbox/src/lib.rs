@@ -597,6 +597,9 @@ impl SandboxService {
             if let Err(e) = runtime.delete(id, true).await {
                 errors.push(format!("delete pause: {e}"));
             }
+            if !record.cgroups_path.is_empty() {
+                crust_runtime::stats::cgroup::remove_empty_cgroup(&record.cgroups_path);
+            }
         }
         if let Some(netns) = &record.netns {
             let meta = record.metadata();

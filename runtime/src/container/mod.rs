@@ -630,6 +630,15 @@ impl ContainerService {
                 tracing::warn!(container = %r.id, error = %e, "runtime delete");
             }
         }
+        // The runtime removes the cgroup it made, except when its own state was already
+        // gone (a create interrupted between cgroup setup and state write): do it here.
+        if let Some(path) = self.spec_json(r).and_then(|s| {
+            s.pointer("/linux/cgroupsPath")
+                .and_then(|p| p.as_str())
+                .map(str::to_string)
+        }) {
+            crate::stats::cgroup::remove_empty_cgroup(&path);
+        }
         if let Err(e) = std::fs::remove_dir_all(&r.bundle)
             && e.kind() != std::io::ErrorKind::NotFound
         {

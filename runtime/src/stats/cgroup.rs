@@ -110,6 +110,29 @@ pub struct CgroupPaths {
     pub unified: Option<PathBuf>,
 }
 
+/// Removes the (empty) cgroup at cgroupfs path `path` from every mounted hierarchy.
+/// Cgroups still holding processes, and systemd `slice:prefix:name` paths, are left.
+pub fn remove_empty_cgroup(path: &str) {
+    let Some(rel) = path
+        .strip_prefix('/')
+        .filter(|r| !r.is_empty() && !r.split('/').any(|c| c == ".."))
+    else {
+        return;
+    };
+    let root = Path::new("/sys/fs/cgroup");
+    // `/crust` is crust's own parent for pods that name none; it goes once empty.
+    let own_parent = rel
+        .strip_prefix("crust/")
+        .filter(|name| !name.contains('/'))
+        .map(|_| "crust");
+    for dir in std::iter::once(rel).chain(own_parent) {
+        let _ = std::fs::remove_dir(root.join(dir));
+        for entry in std::fs::read_dir(root).into_iter().flatten().flatten() {
+            let _ = std::fs::remove_dir(entry.path().join(dir));
+        }
+    }
+}
+
 /// Finds the directories of `pid`'s cgroups from `/proc/self/mountinfo` and
 /// `/proc/<pid>/cgroup`.
 pub fn cgroup_paths_of(pid: i32) -> io::Result<CgroupPaths> {
