@@ -566,7 +566,15 @@ async fn a_pause_image_replaces_the_built_in_pause() {
     let (st, info) = status(&mut c, &id).await;
     assert_eq!(st.state, cri::PodSandboxState::SandboxReady as i32);
     let pid = info["pid"].as_i64().unwrap();
-    let cmdline = fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap();
+    // runc start returns once the process is released; its exec may still be under way.
+    let mut cmdline = String::new();
+    for _ in 0..100 {
+        cmdline = fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if cmdline.starts_with("/bin/sleep") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert!(cmdline.starts_with("/bin/sleep\u{0}1000000"), "{cmdline:?}");
     // Its layers are pinned while the pod exists, and it survives a restart.
     d.restart().await;
