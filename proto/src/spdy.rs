@@ -269,25 +269,24 @@ impl HeaderCodec {
                 out.extend_from_slice(&[priority << 5, 0]);
                 self.compress(&block, out)?;
             }
+            // SYN_REPLY and HEADERS share one layout and differ only in their type.
             Frame::SynReply {
                 stream_id,
                 fin,
                 headers,
-            } => {
-                let name = "SYN_REPLY";
-                let block = self.header_block(name, headers)?;
-                control_header(out, kind::SYN_REPLY, flag(*fin, FLAG_FIN));
-                put_u32(out, stream_id_of(name, *stream_id)?);
-                self.compress(&block, out)?;
             }
-            Frame::Headers {
+            | Frame::Headers {
                 stream_id,
                 fin,
                 headers,
             } => {
-                let name = "HEADERS";
+                let (name, frame_kind) = if matches!(frame, Frame::SynReply { .. }) {
+                    ("SYN_REPLY", kind::SYN_REPLY)
+                } else {
+                    ("HEADERS", kind::HEADERS)
+                };
                 let block = self.header_block(name, headers)?;
-                control_header(out, kind::HEADERS, flag(*fin, FLAG_FIN));
+                control_header(out, frame_kind, flag(*fin, FLAG_FIN));
                 put_u32(out, stream_id_of(name, *stream_id)?);
                 self.compress(&block, out)?;
             }
