@@ -43,6 +43,36 @@ pub struct Config {
     pub metrics_address: Option<std::net::SocketAddr>,
     /// A registry image to run as every pod's pause process instead of the built-in one.
     pub pause_image: Option<String>,
+    /// The streaming server (exec, attach, port-forward).
+    pub streaming: StreamingConfig,
+}
+
+/// Where the URLs of Exec, Attach and PortForward lead.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamingConfig {
+    /// The address to listen on; loopback keeps streams on the node, for kubelet.
+    pub address: std::net::IpAddr,
+    /// The TCP port; 0 picks a free one.
+    pub port: u16,
+    /// PEM certificate (chain) to serve TLS with; needs `tls_key`.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// How long a URL stays valid, in seconds (kubelet: one minute).
+    pub token_ttl_secs: u64,
+}
+
+impl Default for StreamingConfig {
+    fn default() -> Self {
+        StreamingConfig {
+            address: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+            port: 0,
+            tls_cert: None,
+            tls_key: None,
+            token_ttl_secs: 60,
+        }
+    }
 }
 
 /// One OCI runtime (a runc-compatible CLI).
@@ -121,6 +151,7 @@ impl Default for Config {
             monitor_path: None,
             metrics_address: None,
             pause_image: None,
+            streaming: StreamingConfig::default(),
         }
     }
 }
@@ -179,6 +210,18 @@ path = "runc"
 # Pods run crust's built-in static pause program, which needs no image. To run a pause
 # image instead (pulled on first use and kept pinned), name it here.
 # pause_image = "registry.k8s.io/pause:3.10"
+
+[streaming]
+# Exec, Attach and PortForward answer with a URL on this server (SPDY/3.1 and
+# WebSocket). Loopback keeps it private to the node, which is where kubelet and crictl
+# connect from; port 0 picks a free port.
+address = "127.0.0.1"
+port = 0
+# Serve TLS with this PEM certificate chain and key (both or neither).
+# tls_cert = "/etc/crust/streaming.crt"
+# tls_key = "/etc/crust/streaming.key"
+# How long a URL works, once, after the call that issued it.
+token_ttl_secs = 60
 
 [registry]
 # Registry hosts in containerd's hosts.toml layout: one directory per registry host
@@ -264,6 +307,12 @@ impl Config {
             if runtime.path.as_os_str().is_empty() {
                 bail!("runtimes.{name}.path: empty");
             }
+        }
+        if self.streaming.tls_cert.is_some() != self.streaming.tls_key.is_some() {
+            bail!("streaming.tls_cert and streaming.tls_key: set both or neither");
+        }
+        if self.streaming.token_ttl_secs == 0 {
+            bail!("streaming.token_ttl_secs: must be at least 1");
         }
         for (host, creds) in &self.registry.auths {
             if creds.is_empty() {

@@ -4,6 +4,7 @@ mod config;
 mod cri;
 mod metrics;
 mod server;
+mod streaming;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -160,6 +161,7 @@ async fn serve(config: Arc<Config>) -> anyhow::Result<()> {
             std::future::pending(),
         ));
     }
+    let streams = streaming::bind(&config.streaming).await?;
     let cri = cri::Cri::new(Arc::clone(&metrics));
     let (runtime_service, image_service) = cri::services(cri.clone());
     tracing::info!(socket = %config.listen.display(), version = env!("CARGO_PKG_VERSION"), "crustd serving");
@@ -167,7 +169,7 @@ async fn serve(config: Arc<Config>) -> anyhow::Result<()> {
         .add_service(runtime_service)
         .add_service(image_service)
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), server::shutdown_signal());
-    let recovery = tokio::spawn(recover(Arc::clone(&config)));
+    let recovery = tokio::spawn(recover(Arc::clone(&config), streams.base_url().to_string()));
     tokio::pin!(server);
     // Serve (with Unavailable answers) while recovery runs, so clients see a live
     // socket; recovery failing stops the daemon.
@@ -182,6 +184,7 @@ async fn serve(config: Arc<Config>) -> anyhow::Result<()> {
                 }
             }));
             metrics.set_gauge_source(gauges(Arc::downgrade(&services)));
+            tokio::spawn(streaming::serve(streams, Arc::clone(&services.streaming)));
             cri.set_ready(services);
             tracing::info!("recovery finished; ready");
         }
@@ -194,7 +197,7 @@ async fn serve(config: Arc<Config>) -> anyhow::Result<()> {
 
 /// Opens the store and reconciles it with the disk and what runs: what start-up must
 /// finish before any RPC is answered.
-async fn recover(config: Arc<Config>) -> anyhow::Result<cri::Services> {
+async fn recover(config: Arc<Config>, streaming_url: String) -> anyhow::Result<cri::Services> {
     let db_path = config.root.join("crust.redb");
     let db = tokio::task::spawn_blocking(move || {
         redb::Database::create(&db_path).with_context(|| {
@@ -270,11 +273,20 @@ async fn recover(config: Arc<Config>) -> anyhow::Result<cri::Services> {
             let _ = std::fs::remove_dir_all(config.state.join("containers").join(&owner));
         }
     }
+    let streaming = Arc::new(streaming::StreamingServer::new(
+        streaming_url,
+        std::time::Duration::from_secs(config.streaming.token_ttl_secs),
+        streaming::StreamContext {
+            containers: Arc::clone(&containers),
+            sandboxes: Arc::clone(&sandboxes),
+        },
+    ));
     Ok(cri::Services {
         config: Arc::clone(&config),
         images,
         sandboxes,
         containers,
+        streaming,
         stats: cri::stats::StatsState::new(),
         events: cri::events::Events::new(),
     })

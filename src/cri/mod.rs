@@ -13,6 +13,7 @@ mod runtime_info;
 mod sandbox;
 pub use sandbox::pause_rootfs_owner;
 pub mod stats;
+mod streaming;
 
 use std::sync::{Arc, OnceLock};
 
@@ -44,6 +45,8 @@ pub struct Services {
     pub stats: stats::StatsState,
     /// Lifecycle events for GetContainerEvents.
     pub events: events::Events,
+    /// The streaming server that Exec, Attach and PortForward URLs lead to.
+    pub streaming: Arc<crate::streaming::StreamingServer>,
 }
 
 /// The CRI server: RuntimeService and ImageService over one set of [`Services`].
@@ -98,12 +101,6 @@ fn labels_match(
     selector: &std::collections::HashMap<String, String>,
 ) -> bool {
     selector.iter().all(|(k, v)| labels.get(k) == Some(v))
-}
-
-fn not_yet(rpc: &str, issue: &str) -> Status {
-    Status::unimplemented(format!(
-        "{rpc} is not supported by this crust version yet ({issue})"
-    ))
 }
 
 #[tonic::async_trait]
@@ -223,21 +220,21 @@ impl cri::runtime_service_server::RuntimeService for Cri {
     }
     async fn exec(
         &self,
-        _r: Request<cri::ExecRequest>,
+        r: Request<cri::ExecRequest>,
     ) -> Result<Response<cri::ExecResponse>, Status> {
-        Err(not_yet("Exec", "streaming"))
+        Cri::exec(self, r).await
     }
     async fn attach(
         &self,
-        _r: Request<cri::AttachRequest>,
+        r: Request<cri::AttachRequest>,
     ) -> Result<Response<cri::AttachResponse>, Status> {
-        Err(not_yet("Attach", "streaming"))
+        Cri::attach(self, r).await
     }
     async fn port_forward(
         &self,
-        _r: Request<cri::PortForwardRequest>,
+        r: Request<cri::PortForwardRequest>,
     ) -> Result<Response<cri::PortForwardResponse>, Status> {
-        Err(not_yet("PortForward", "streaming"))
+        Cri::port_forward(self, r).await
     }
     async fn container_stats(
         &self,

@@ -44,7 +44,7 @@ async fn read_capped(mut r: impl AsyncRead + Unpin) -> Vec<u8> {
     }
 }
 
-fn base_command(runtime: &OciRuntime, r: &ContainerRecord) -> Command {
+pub(super) fn base_command(runtime: &OciRuntime, r: &ContainerRecord) -> Command {
     let mut cmd = Command::new(runtime.binary());
     cmd.arg("--root")
         .arg(runtime.root())

@@ -7,6 +7,7 @@
 //! the real exit code of those that ended while crustd was away.
 
 mod exec;
+mod interactive;
 pub mod record;
 
 use std::collections::HashMap;
@@ -27,6 +28,7 @@ use crate::spec::container::{
 };
 use crate::{ErrorKind, RuntimeError};
 pub use exec::ExecOutput;
+pub use interactive::{ExecStreams, StreamingExec};
 pub use record::{ContainerRecord, RecordedUser, state};
 
 /// What can go wrong with a container operation.
@@ -789,6 +791,36 @@ impl ContainerService {
         }
         let runtime = self.runtime(&r.runtime_handler)?;
         exec::exec_sync(&runtime, &r, cmd, timeout).await
+    }
+
+    /// The running container `id`, or why a streaming request cannot reach it.
+    pub fn running(&self, id: &str) -> Result<Arc<ContainerRecord>> {
+        let r = self
+            .get(id)
+            .ok_or_else(|| ContainerError::NotFound(id.to_string()))?;
+        if state(&r) != cri::ContainerState::ContainerRunning {
+            return Err(ContainerError::State {
+                id: r.id.clone(),
+                message: "the container is not running".into(),
+            });
+        }
+        Ok(r)
+    }
+
+    /// Starts a command in a running container for a streaming client (see
+    /// [`StreamingExec`]).
+    pub async fn exec_streaming(
+        &self,
+        id: &str,
+        cmd: Vec<String>,
+        streams: ExecStreams,
+    ) -> Result<StreamingExec> {
+        let r = self.running(id)?;
+        if cmd.is_empty() {
+            return Err(ContainerError::Invalid("cmd: empty".into()));
+        }
+        let runtime = self.runtime(&r.runtime_handler)?;
+        interactive::spawn(&runtime, &r, cmd, streams).await
     }
 
     /// The OCI spec the container was created with (for verbose status).

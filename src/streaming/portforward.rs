@@ -1,0 +1,270 @@
+//! Port-forward: connections to a port inside the pod's network namespace, carried
+//! over SPDY (`portforward.k8s.io`: a data and an error stream per request id) or
+//! WebSocket (a data and an error channel per port of the URL).
+//!
+//! The connection is dialled from a short-lived thread that joined the pod's network
+//! namespace; a socket stays in the namespace it was made in, so the thread can end
+//! right after and no helper program (socat, nsenter) is needed.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_tungstenite::WebSocketStream;
+
+use super::StreamContext;
+use super::spdy_session::{Incoming, Session, StreamWriter};
+use super::ws::{ChannelWriter, Channels};
+
+/// How long connecting to the pod's port may take.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Connects to `port` on the pod's loopback, inside its network namespace.
+async fn dial(ctx: &StreamContext, sandbox_id: &str, port: u16) -> Result<TcpStream, String> {
+    let record = ctx
+        .sandboxes
+        .get(sandbox_id)
+        .ok_or_else(|| format!("pod sandbox {sandbox_id} not found"))?;
+    if !record.is_ready() {
+        return Err(format!("pod sandbox {sandbox_id} is not ready"));
+    }
+    let connect = move || -> std::io::Result<std::net::TcpStream> {
+        let v4 = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let v6 = SocketAddr::from((Ipv6Addr::LOCALHOST, port));
+        let stream = std::net::TcpStream::connect_timeout(&v4, DIAL_TIMEOUT)
+            .or_else(|e| std::net::TcpStream::connect_timeout(&v6, DIAL_TIMEOUT).map_err(|_| e))?;
+        stream.set_nonblocking(true)?;
+        Ok(stream)
+    };
+    let std_stream = match record.netns.clone() {
+        // A host-network pod's ports are the node's.
+        None => tokio::task::spawn_blocking(connect).await,
+        Some(netns) => {
+            tokio::task::spawn_blocking(move || {
+                crust_cni::netns::run_in_netns(&netns, connect)
+                    .map_err(|e| std::io::Error::other(e.to_string()))
+                    .and_then(|r| r)
+            })
+            .await
+        }
+    }
+    .map_err(|e| e.to_string())?
+    .map_err(|e| format!("connect to port {port}: {e}"))?;
+    TcpStream::from_std(std_stream).map_err(|e| e.to_string())
+}
+
+/// The message kubelet puts on the error stream.
+fn forward_error(port: u16, sandbox_id: &str, error: &str) -> String {
+    format!("error forwarding port {port} to pod {sandbox_id}: {error}")
+}
+
+/// Copies pod → client with `send` and client → pod from `from_client`, honouring
+/// each side's half-close; returns when both directions are done, or as soon as the
+/// pod closed with `until_pod_closes` (for a wire that cannot say half-close).
+async fn splice<F, Fut>(
+    conn: TcpStream,
+    mut from_client: mpsc::Receiver<Vec<u8>>,
+    until_pod_closes: bool,
+    mut send: F,
+) where
+    F: FnMut(Vec<u8>) -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let (mut pod_read, mut pod_write) = conn.into_split();
+    let to_pod = async move {
+        while let Some(bytes) = from_client.recv().await {
+            if pod_write.write_all(&bytes).await.is_err() {
+                return;
+            }
+        }
+        let _ = pod_write.shutdown().await;
+    };
+    let to_client = async move {
+        let mut buf = vec![0u8; 32 * 1024];
+        loop {
+            match pod_read.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    if !send(buf[..n].to_vec()).await {
+                        return;
+                    }
+                }
+            }
+        }
+    };
+    if until_pod_closes {
+        // Keep feeding the pod meanwhile; its end alone does not end the connection.
+        let to_pod = async move {
+            to_pod.await;
+            std::future::pending::<()>().await
+        };
+        tokio::select! {
+            _ = to_client => {}
+            _ = to_pod => {}
+        }
+    } else {
+        tokio::join!(to_pod, to_client);
+    }
+}
+
+/// One forwarded connection over SPDY.
+async fn forward_spdy(
+    writer: StreamWriter,
+    ctx: StreamContext,
+    sandbox_id: String,
+    error: Incoming,
+    data: Incoming,
+) {
+    let port = data
+        .header("port")
+        .and_then(|p| p.parse::<u16>().ok())
+        .filter(|p| *p > 0);
+    let result = match port {
+        None => Err(format!(
+            "invalid port header {:?}",
+            data.header("port").unwrap_or_default()
+        )),
+        Some(port) => dial(&ctx, &sandbox_id, port).await,
+    };
+    match result {
+        Ok(conn) => {
+            let id = data.id;
+            let w = writer.clone();
+            splice(conn, data.data, false, move |bytes| {
+                let w = w.clone();
+                async move { w.data(id, &bytes).await }
+            })
+            .await;
+        }
+        Err(e) => {
+            let message = forward_error(port.unwrap_or(0), &sandbox_id, &e);
+            tracing::debug!(%message, "port-forward");
+            writer.data(error.id, message.as_bytes()).await;
+        }
+    }
+    writer.finish(data.id).await;
+    writer.finish(error.id).await;
+}
+
+/// Serves port-forward requests on an upgraded SPDY connection until the client
+/// leaves.
+pub async fn serve_spdy(mut session: Session, sandbox_id: String, ctx: StreamContext) {
+    let writer = session.writer();
+    // Streams waiting for their partner, by request id: (error, data).
+    let mut waiting: HashMap<String, (Option<Incoming>, Option<Incoming>)> = HashMap::new();
+    let mut forwards = JoinSet::new();
+    loop {
+        let stream = tokio::select! {
+            s = session.incoming.recv() => s,
+            Some(_) = forwards.join_next() => continue,
+        };
+        let Some(stream) = stream else { break };
+        let is_data = match stream.header("streamtype") {
+            Some("data") => true,
+            Some("error") => false,
+            other => {
+                tracing::debug!(stream_type = ?other, "port-forward: unknown stream ignored");
+                continue;
+            }
+        };
+        // Old clients send no request id; kubelet pairs their streams by id then.
+        let request = match stream.header("requestid") {
+            Some(r) => r.to_string(),
+            None if is_data => stream.id.saturating_sub(2).to_string(),
+            None => stream.id.to_string(),
+        };
+        let entry = waiting.entry(request.clone()).or_default();
+        if is_data {
+            entry.1.get_or_insert(stream);
+        } else {
+            entry.0.get_or_insert(stream);
+        }
+        if entry.0.is_some()
+            && entry.1.is_some()
+            && let Some((Some(error), Some(data))) = waiting.remove(&request)
+        {
+            forwards.spawn(forward_spdy(
+                writer.clone(),
+                ctx.clone(),
+                sandbox_id.clone(),
+                error,
+                data,
+            ));
+        }
+    }
+    forwards.abort_all();
+    session.close(Duration::from_secs(1)).await;
+}
+
+/// One port of a WebSocket port-forward.
+async fn forward_ws(
+    writer: ChannelWriter,
+    ctx: StreamContext,
+    sandbox_id: String,
+    index: u8,
+    port: u16,
+    from_client: mpsc::Receiver<Vec<u8>>,
+) {
+    let (data_ch, error_ch) = (2 * index, 2 * index + 1);
+    match dial(&ctx, &sandbox_id, port).await {
+        Ok(conn) => {
+            let w = writer.clone();
+            splice(conn, from_client, true, move |bytes| {
+                let w = w.clone();
+                async move { w.send(data_ch, bytes).await }
+            })
+            .await
+        }
+        Err(e) => {
+            let message = forward_error(port, &sandbox_id, &e);
+            writer.send(error_ch, message.into_bytes()).await;
+        }
+    }
+}
+
+/// Serves a WebSocket port-forward of `ports` until every connection ended or the
+/// client left.
+pub async fn serve_ws<S>(
+    ws: WebSocketStream<S>,
+    base64: bool,
+    ports: Vec<u16>,
+    sandbox_id: String,
+    ctx: StreamContext,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    // Two channels a port, numbered by one byte.
+    let ports: Vec<u16> = ports.into_iter().take(127).collect();
+    let data_channels: Vec<u8> = (0..ports.len() as u8).map(|i| 2 * i).collect();
+    let mut channels = Channels::start(ws, base64, &data_channels);
+    let writer = channels.writer();
+    let mut forwards = JoinSet::new();
+    for (i, port) in ports.iter().enumerate() {
+        let i = i as u8;
+        // Each channel first says which port it is for, little-endian.
+        writer.send(2 * i, port.to_le_bytes().to_vec()).await;
+        writer.send(2 * i + 1, port.to_le_bytes().to_vec()).await;
+        let Some(rx) = channels.inputs.remove(&(2 * i)) else {
+            continue;
+        };
+        forwards.spawn(forward_ws(
+            writer.clone(),
+            ctx.clone(),
+            sandbox_id.clone(),
+            i,
+            *port,
+            rx,
+        ));
+    }
+    let gone = channels.gone.clone();
+    tokio::select! {
+        _ = async { while forwards.join_next().await.is_some() {} } => {}
+        _ = gone.cancelled() => {}
+    }
+    forwards.abort_all();
+    channels.close().await;
+}

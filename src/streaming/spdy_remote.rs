@@ -1,0 +1,206 @@
+//! Exec and attach over SPDY: kubelet's remote-command protocols `channel.k8s.io`
+//! (v1) to `v5.channel.k8s.io`.
+//!
+//! The client opens one stream per channel, named by its `streamType` header: error
+//! (always), stdin, stdout, stderr (not with a tty from v2 on) and resize (with a tty
+//! from v3 on). Once all it asked for are open the command runs; at the end the
+//! outcome goes on the error stream (text before v4, a `metav1.Status` from v4), the
+//! streams end and the connection says GOAWAY.
+
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use super::remote::{ClientStreams, Outcome, TermSize};
+use super::spdy_session::{Incoming, Session};
+use super::{RemoteCommand, RemoteProtocol, StreamContext};
+
+/// How long the client has to open its streams, as kubelet's default.
+const STREAM_CREATION_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the client gets to read the end before the connection is closed.
+const LINGER: Duration = Duration::from_secs(5);
+
+#[derive(Default)]
+struct Opened {
+    error: Option<Incoming>,
+    stdin: Option<Incoming>,
+    stdout: Option<Incoming>,
+    stderr: Option<Incoming>,
+    resize: Option<Incoming>,
+}
+
+/// Serves one remote command on an upgraded connection.
+pub async fn serve(
+    mut session: Session,
+    protocol: RemoteProtocol,
+    command: RemoteCommand,
+    ctx: StreamContext,
+) {
+    let want = command.streams();
+    let tty_merges_stderr = want.tty && protocol >= RemoteProtocol::V2;
+    let wants_resize = want.tty && protocol >= RemoteProtocol::V3;
+    let mut opened = Opened::default();
+    let complete = |o: &Opened| {
+        o.error.is_some()
+            && (!want.stdin || o.stdin.is_some())
+            && (!want.stdout || o.stdout.is_some())
+            && (!want.stderr || tty_merges_stderr || o.stderr.is_some())
+            && (!wants_resize || o.resize.is_some())
+    };
+    let deadline = tokio::time::Instant::now() + STREAM_CREATION_TIMEOUT;
+    while !complete(&opened) {
+        let stream = tokio::select! {
+            s = session.incoming.recv() => s,
+            _ = tokio::time::sleep_until(deadline) => {
+                tracing::debug!("remote command: the client did not open its streams in time");
+                None
+            }
+        };
+        let Some(stream) = stream else {
+            return;
+        };
+        let slot = match stream.header("streamtype").unwrap_or_default() {
+            "error" => &mut opened.error,
+            "stdin" => &mut opened.stdin,
+            "stdout" => &mut opened.stdout,
+            "stderr" => &mut opened.stderr,
+            "resize" => &mut opened.resize,
+            other => {
+                tracing::debug!(stream_type = other, "remote command: unknown stream ignored");
+                continue;
+            }
+        };
+        slot.get_or_insert(stream);
+    }
+    let writer = session.writer();
+    let mut pumps = tokio::task::JoinSet::new();
+    let mut output = |stream: Option<Incoming>, wanted: bool| {
+        let stream = stream.filter(|_| wanted)?;
+        let (tx, rx) = mpsc::channel(8);
+        pumps.spawn(writer.clone().pump(stream.id, rx));
+        Some(tx)
+    };
+    let stdout = output(opened.stdout, want.stdout);
+    let stderr = output(opened.stderr, want.stderr && !want.tty);
+    let client = ClientStreams {
+        stdin: opened.stdin.filter(|_| want.stdin).map(|s| s.data),
+        stdout,
+        stderr,
+        resize: opened.resize.map(|s| sizes(s.data)),
+        gone: session.gone.clone(),
+    };
+    let outcome = command.run(&ctx, client).await;
+    let _ = tokio::time::timeout(LINGER, async { while pumps.join_next().await.is_some() {} }).await;
+    if let Some(error) = opened.error {
+        let status = match protocol {
+            RemoteProtocol::V4 | RemoteProtocol::V5 => Some(outcome.status_json(command.cmd())),
+            _ => outcome.status_text(command.cmd()),
+        };
+        if let Some(status) = status {
+            writer.data(error.id, status.as_bytes()).await;
+        }
+        writer.finish(error.id).await;
+    }
+    log_outcome(&command, &outcome);
+    session.close(LINGER).await;
+}
+
+/// Logs how a remote command ended.
+pub fn log_outcome(command: &RemoteCommand, outcome: &Outcome) {
+    match outcome {
+        Outcome::Exited(code) => {
+            tracing::debug!(container = command.container_id(), code, "remote command ended")
+        }
+        Outcome::Failed(message) => {
+            tracing::info!(container = command.container_id(), %message, "remote command failed")
+        }
+    }
+}
+
+/// Decodes the resize stream: a sequence of JSON sizes, split anywhere.
+pub fn sizes(mut data: mpsc::Receiver<Vec<u8>>) -> mpsc::Receiver<TermSize> {
+    let (tx, rx) = mpsc::channel(4);
+    tokio::spawn(async move {
+        let mut parser = SizeParser::default();
+        while let Some(bytes) = data.recv().await {
+            for size in parser.push(&bytes) {
+                if tx.send(size).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    rx
+}
+
+/// Splits a byte stream of concatenated JSON objects into sizes.
+#[derive(Default)]
+pub struct SizeParser {
+    buf: Vec<u8>,
+}
+
+impl SizeParser {
+    /// Adds bytes and returns every size now complete; garbage is dropped.
+    pub fn push(&mut self, bytes: &[u8]) -> Vec<TermSize> {
+        self.buf.extend_from_slice(bytes);
+        let mut sizes = Vec::new();
+        let mut stream = serde_json::Deserializer::from_slice(&self.buf).into_iter::<TermSize>();
+        let mut consumed = 0;
+        loop {
+            match stream.next() {
+                Some(Ok(size)) => {
+                    sizes.push(size);
+                    consumed = stream.byte_offset();
+                }
+                Some(Err(e)) if e.is_eof() => break,
+                Some(Err(_)) => {
+                    consumed = self.buf.len();
+                    break;
+                }
+                None => {
+                    consumed = stream.byte_offset();
+                    break;
+                }
+            }
+        }
+        self.buf.drain(..consumed);
+        // A client that never finishes an object cannot make us hold much.
+        if self.buf.len() > 4096 {
+            self.buf.clear();
+        }
+        sizes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_split_anywhere() {
+        let mut p = SizeParser::default();
+        assert_eq!(p.push(br#"{"Width":80,"Hei"#), vec![]);
+        assert_eq!(
+            p.push(br#"ght":24}{"Width":100,"Height":30}"#),
+            vec![
+                TermSize { width: 80, height: 24 },
+                TermSize { width: 100, height: 30 }
+            ]
+        );
+        assert_eq!(p.push(b"\n"), vec![]);
+        assert_eq!(
+            p.push(br#"{"Width":1,"Height":2}"#),
+            vec![TermSize { width: 1, height: 2 }]
+        );
+    }
+
+    #[test]
+    fn garbage_is_dropped() {
+        let mut p = SizeParser::default();
+        assert_eq!(p.push(b"nonsense"), vec![]);
+        assert_eq!(
+            p.push(br#"{"Width":3,"Height":4}"#),
+            vec![TermSize { width: 3, height: 4 }]
+        );
+    }
+}
