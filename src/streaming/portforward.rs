@@ -63,16 +63,19 @@ fn forward_error(port: u16, sandbox_id: &str, error: &str) -> String {
 }
 
 /// Copies pod → client with `send` and client → pod from `from_client`, honouring
-/// each side's half-close; returns when both directions are done, or as soon as the
-/// pod closed with `until_pod_closes` (for a wire that cannot say half-close).
-async fn splice<F, Fut>(
+/// each side's half-close: `pod_closed` runs when the pod's side ends. Returns when
+/// both directions are done, or as soon as the pod's side ended with
+/// `until_pod_closes` (for a wire that cannot say half-close).
+async fn splice<F, Fut, C>(
     conn: TcpStream,
     mut from_client: mpsc::Receiver<Vec<u8>>,
     until_pod_closes: bool,
     mut send: F,
+    pod_closed: C,
 ) where
     F: FnMut(Vec<u8>) -> Fut,
     Fut: std::future::Future<Output = bool>,
+    C: std::future::Future<Output = ()>,
 {
     let (mut pod_read, mut pod_write) = conn.into_split();
     let to_pod = async move {
@@ -87,14 +90,15 @@ async fn splice<F, Fut>(
         let mut buf = vec![0u8; 32 * 1024];
         loop {
             match pod_read.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
+                Ok(0) | Err(_) => break,
                 Ok(n) => {
                     if !send(buf[..n].to_vec()).await {
-                        return;
+                        break;
                     }
                 }
             }
         }
+        pod_closed.await;
     };
     if until_pod_closes {
         // Keep feeding the pod meanwhile; its end alone does not end the connection.
@@ -134,20 +138,26 @@ async fn forward_spdy(
         Ok(conn) => {
             let id = data.id;
             let w = writer.clone();
-            splice(conn, data.data, false, move |bytes| {
+            let send = move |bytes: Vec<u8>| {
                 let w = w.clone();
                 async move { w.data(id, &bytes).await }
-            })
-            .await;
+            };
+            // The pod's end ends both streams, as kubelet does; the client may still
+            // send what remains of its half.
+            let pod_closed = async {
+                writer.finish(id).await;
+                writer.finish(error.id).await;
+            };
+            splice(conn, data.data, false, send, pod_closed).await;
         }
         Err(e) => {
             let message = forward_error(port.unwrap_or(0), &sandbox_id, &e);
             tracing::debug!(%message, "port-forward");
             writer.data(error.id, message.as_bytes()).await;
+            writer.finish(data.id).await;
+            writer.finish(error.id).await;
         }
     }
-    writer.finish(data.id).await;
-    writer.finish(error.id).await;
 }
 
 /// Serves port-forward requests on an upgraded SPDY connection until the client
@@ -213,11 +223,11 @@ async fn forward_ws(
     match dial(&ctx, &sandbox_id, port).await {
         Ok(conn) => {
             let w = writer.clone();
-            splice(conn, from_client, true, move |bytes| {
+            let send = move |bytes: Vec<u8>| {
                 let w = w.clone();
                 async move { w.send(data_ch, bytes).await }
-            })
-            .await
+            };
+            splice(conn, from_client, true, send, async {}).await
         }
         Err(e) => {
             let message = forward_error(port, &sandbox_id, &e);

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crust_runtime::container::{ContainerService, ExecStreams};
+use crust_runtime::container::{ContainerService, ExecStreams, StreamingExec};
 use crust_proto::monitor::{FrameKind, Resize};
 use serde::Deserialize;
 use tokio::sync::mpsc;
@@ -37,8 +37,8 @@ pub struct ClientStreams {
     pub stdout: Option<mpsc::Sender<Vec<u8>>>,
     /// Output for the client's stderr; dropped at the end.
     pub stderr: Option<mpsc::Sender<Vec<u8>>>,
-    /// Terminal resizes.
-    pub resize: Option<mpsc::Receiver<TermSize>>,
+    /// Terminal resizes: the resize stream's bytes, JSON sizes one after another.
+    pub resize: Option<mpsc::Receiver<Vec<u8>>>,
     /// Cancelled when the client has gone away.
     pub gone: CancellationToken,
 }
@@ -112,16 +112,46 @@ async fn pump_out(fd: FdIo, tx: mpsc::Sender<Vec<u8>>) {
     }
 }
 
-/// Copies the client's input to the process; on a terminal, the end of input is
-/// Ctrl-D (a pty has no other way to say it), on a pipe it is closing the pipe.
-async fn pump_in(fd: FdIo, mut rx: mpsc::Receiver<Vec<u8>>, tty: bool) {
-    while let Some(bytes) = rx.recv().await {
-        if fd.write_all(&bytes).await.is_err() {
-            return;
+/// Feeds the client's input and resizes to the process, in the order they came: a
+/// size sent before a line must be in place when the line is read. On a terminal, the
+/// end of input is Ctrl-D (a pty has no other way to say it); on a pipe it is closing
+/// the pipe.
+async fn feed(
+    process: Arc<StreamingExec>,
+    mut fd: Option<FdIo>,
+    mut stdin: Option<mpsc::Receiver<Vec<u8>>>,
+    mut resize: Option<mpsc::Receiver<Vec<u8>>>,
+    tty: bool,
+) {
+    let mut sizes = SizeParser::default();
+    while stdin.is_some() || resize.is_some() {
+        tokio::select! {
+            // Both streams are filled in arrival order; preferring resizes keeps it.
+            biased;
+            bytes = recv_or_pending(&mut resize) => match bytes {
+                Some(bytes) => {
+                    for size in sizes.push(&bytes) {
+                        let _ = process.resize(size.height, size.width);
+                    }
+                }
+                None => resize = None,
+            },
+            bytes = recv_or_pending(&mut stdin) => match (bytes, &fd) {
+                (Some(bytes), Some(f)) => {
+                    if f.write_all(&bytes).await.is_err() {
+                        fd = None;
+                    }
+                }
+                (Some(_), None) => {}
+                (None, _) => {
+                    stdin = None;
+                    if tty && let Some(f) = &fd {
+                        let _ = f.write_all(&[4]).await;
+                    }
+                    fd = None;
+                }
+            },
         }
-    }
-    if tty {
-        let _ = fd.write_all(&[4]).await;
     }
 }
 
@@ -164,20 +194,9 @@ pub async fn exec(
             outputs.spawn(pump_out(fd, tx));
         }
     }
-    if let (Some(fd), Some(rx)) = (process.stdin.take(), stdin)
-        && let Ok(fd) = FdIo::new(fd)
-    {
-        inputs.spawn(pump_in(fd, rx, tty));
-    }
+    let stdin_fd = process.stdin.take().and_then(|fd| FdIo::new(fd).ok());
     let process = Arc::new(process);
-    if let Some(mut rx) = resize.take() {
-        let p = process.clone();
-        inputs.spawn(async move {
-            while let Some(size) = rx.recv().await {
-                let _ = p.resize(size.height, size.width);
-            }
-        });
-    }
+    inputs.spawn(feed(process.clone(), stdin_fd, stdin, resize.take(), tty));
     let code = tokio::select! {
         code = process.wait() => code,
         _ = gone.cancelled() => {
@@ -238,8 +257,25 @@ pub async fn attach(
     };
     let input = async {
         let had_stdin = stdin.is_some();
+        let mut sizes = SizeParser::default();
         loop {
             let (kind, payload) = tokio::select! {
+                // Both streams are filled in arrival order; preferring resizes keeps it.
+                biased;
+                size = recv_or_pending(&mut resize) => match size {
+                    // Only the latest of a burst of sizes matters.
+                    Some(bytes) => match sizes.push(&bytes).pop() {
+                        Some(size) => {
+                            let resize = Resize { rows: size.height, cols: size.width };
+                            (FrameKind::Resize, resize.encode().to_vec())
+                        }
+                        None => continue,
+                    },
+                    None => {
+                        resize = None;
+                        continue;
+                    }
+                },
                 bytes = recv_or_pending(&mut stdin) => match bytes {
                     Some(bytes) => (FrameKind::Stdin, bytes),
                     None => {
@@ -248,16 +284,6 @@ pub async fn attach(
                             continue;
                         }
                         (FrameKind::CloseStdin, Vec::new())
-                    }
-                },
-                size = recv_or_pending(&mut resize) => match size {
-                    Some(size) => {
-                        let resize = Resize { rows: size.height, cols: size.width };
-                        (FrameKind::Resize, resize.encode().to_vec())
-                    }
-                    None => {
-                        resize = None;
-                        continue;
                     }
                 },
                 _ = gone.cancelled() => break,
@@ -278,6 +304,45 @@ pub async fn attach(
         _ = input => {}
     }
     Outcome::Exited(0)
+}
+
+/// Splits a byte stream of concatenated JSON objects into sizes.
+#[derive(Default)]
+pub struct SizeParser {
+    buf: Vec<u8>,
+}
+
+impl SizeParser {
+    /// Adds bytes and returns every size now complete; garbage is dropped.
+    pub fn push(&mut self, bytes: &[u8]) -> Vec<TermSize> {
+        self.buf.extend_from_slice(bytes);
+        let mut sizes = Vec::new();
+        let mut stream = serde_json::Deserializer::from_slice(&self.buf).into_iter::<TermSize>();
+        let mut consumed = 0;
+        loop {
+            match stream.next() {
+                Some(Ok(size)) => {
+                    sizes.push(size);
+                    consumed = stream.byte_offset();
+                }
+                Some(Err(e)) if e.is_eof() => break,
+                Some(Err(_)) => {
+                    consumed = self.buf.len();
+                    break;
+                }
+                None => {
+                    consumed = stream.byte_offset();
+                    break;
+                }
+            }
+        }
+        self.buf.drain(..consumed);
+        // A client that never finishes an object cannot make us hold much.
+        if self.buf.len() > 4096 {
+            self.buf.clear();
+        }
+        sizes
+    }
 }
 
 /// The next message of an optional channel; pending for ever without one.
@@ -333,5 +398,33 @@ mod tests {
     fn sizes_parse_as_clients_send_them() {
         let s: TermSize = serde_json::from_str(r#"{"Width":120,"Height":40}"#).unwrap();
         assert_eq!(s, TermSize { width: 120, height: 40 });
+    }
+
+    #[test]
+    fn sizes_split_anywhere() {
+        let mut p = SizeParser::default();
+        assert_eq!(p.push(br#"{"Width":80,"Hei"#), vec![]);
+        assert_eq!(
+            p.push(br#"ght":24}{"Width":100,"Height":30}"#),
+            vec![
+                TermSize { width: 80, height: 24 },
+                TermSize { width: 100, height: 30 }
+            ]
+        );
+        assert_eq!(p.push(b"\n"), vec![]);
+        assert_eq!(
+            p.push(br#"{"Width":1,"Height":2}"#),
+            vec![TermSize { width: 1, height: 2 }]
+        );
+    }
+
+    #[test]
+    fn garbage_is_dropped() {
+        let mut p = SizeParser::default();
+        assert_eq!(p.push(b"nonsense"), vec![]);
+        assert_eq!(
+            p.push(br#"{"Width":3,"Height":4}"#),
+            vec![TermSize { width: 3, height: 4 }]
+        );
     }
 }

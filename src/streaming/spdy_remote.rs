@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use super::remote::{ClientStreams, Outcome, TermSize};
+use super::remote::{ClientStreams, Outcome};
 use super::spdy_session::{Incoming, Session};
 use super::{RemoteCommand, RemoteProtocol, StreamContext};
 
@@ -86,7 +86,7 @@ pub async fn serve(
         stdin: opened.stdin.filter(|_| want.stdin).map(|s| s.data),
         stdout,
         stderr,
-        resize: opened.resize.map(|s| sizes(s.data)),
+        resize: opened.resize.map(|s| s.data),
         gone: session.gone.clone(),
     };
     let outcome = command.run(&ctx, client).await;
@@ -114,93 +114,5 @@ pub fn log_outcome(command: &RemoteCommand, outcome: &Outcome) {
         Outcome::Failed(message) => {
             tracing::info!(container = command.container_id(), %message, "remote command failed")
         }
-    }
-}
-
-/// Decodes the resize stream: a sequence of JSON sizes, split anywhere.
-pub fn sizes(mut data: mpsc::Receiver<Vec<u8>>) -> mpsc::Receiver<TermSize> {
-    let (tx, rx) = mpsc::channel(4);
-    tokio::spawn(async move {
-        let mut parser = SizeParser::default();
-        while let Some(bytes) = data.recv().await {
-            for size in parser.push(&bytes) {
-                if tx.send(size).await.is_err() {
-                    return;
-                }
-            }
-        }
-    });
-    rx
-}
-
-/// Splits a byte stream of concatenated JSON objects into sizes.
-#[derive(Default)]
-pub struct SizeParser {
-    buf: Vec<u8>,
-}
-
-impl SizeParser {
-    /// Adds bytes and returns every size now complete; garbage is dropped.
-    pub fn push(&mut self, bytes: &[u8]) -> Vec<TermSize> {
-        self.buf.extend_from_slice(bytes);
-        let mut sizes = Vec::new();
-        let mut stream = serde_json::Deserializer::from_slice(&self.buf).into_iter::<TermSize>();
-        let mut consumed = 0;
-        loop {
-            match stream.next() {
-                Some(Ok(size)) => {
-                    sizes.push(size);
-                    consumed = stream.byte_offset();
-                }
-                Some(Err(e)) if e.is_eof() => break,
-                Some(Err(_)) => {
-                    consumed = self.buf.len();
-                    break;
-                }
-                None => {
-                    consumed = stream.byte_offset();
-                    break;
-                }
-            }
-        }
-        self.buf.drain(..consumed);
-        // A client that never finishes an object cannot make us hold much.
-        if self.buf.len() > 4096 {
-            self.buf.clear();
-        }
-        sizes
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sizes_split_anywhere() {
-        let mut p = SizeParser::default();
-        assert_eq!(p.push(br#"{"Width":80,"Hei"#), vec![]);
-        assert_eq!(
-            p.push(br#"ght":24}{"Width":100,"Height":30}"#),
-            vec![
-                TermSize { width: 80, height: 24 },
-                TermSize { width: 100, height: 30 }
-            ]
-        );
-        assert_eq!(p.push(b"\n"), vec![]);
-        assert_eq!(
-            p.push(br#"{"Width":1,"Height":2}"#),
-            vec![TermSize { width: 1, height: 2 }]
-        );
-    }
-
-    #[test]
-    fn garbage_is_dropped() {
-        let mut p = SizeParser::default();
-        assert_eq!(p.push(b"nonsense"), vec![]);
-        assert_eq!(
-            p.push(br#"{"Width":3,"Height":4}"#),
-            vec![TermSize { width: 3, height: 4 }]
-        );
     }
 }

@@ -386,10 +386,7 @@ async fn serve_remote<S>(
         stdin: channels.inputs.remove(&STDIN),
         stdout,
         stderr,
-        resize: channels
-            .inputs
-            .remove(&RESIZE)
-            .map(super::spdy_remote::sizes),
+        resize: channels.inputs.remove(&RESIZE),
         gone: channels.gone.clone(),
     };
     let outcome = command.run(&ctx, client).await;
