@@ -15,7 +15,9 @@ fn validate_streams(container_id: &str, streams: ExecStreams) -> Result<(), Stat
     }
     if streams.tty && streams.stderr {
         // A terminal has one output; stderr cannot be told apart from stdout.
-        return Err(Status::invalid_argument("tty and stderr cannot both be true"));
+        return Err(Status::invalid_argument(
+            "tty and stderr cannot both be true",
+        ));
     }
     if !streams.stdin && !streams.stdout && !streams.stderr {
         return Err(Status::invalid_argument(

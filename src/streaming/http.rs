@@ -42,7 +42,10 @@ pub fn tls_acceptor(cert: &Path, key: &Path) -> anyhow::Result<tokio_rustls::Tls
         .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
         .with_context(|| format!("streaming.tls_cert: read {}", cert.display()))?;
     if certs.is_empty() {
-        anyhow::bail!("streaming.tls_cert: {} holds no certificate", cert.display());
+        anyhow::bail!(
+            "streaming.tls_cert: {} holds no certificate",
+            cert.display()
+        );
     }
     let key = PrivateKeyDer::from_pem_file(key)
         .with_context(|| format!("streaming.tls_key: read {}", key.display()))?;
@@ -158,11 +161,17 @@ fn route(server: Arc<StreamingServer>, mut req: Request<hyper::body::Incoming>) 
         return plain(StatusCode::NOT_FOUND, "not found");
     };
     let Some(parked) = server.redeem(kind, token) else {
-        return plain(StatusCode::NOT_FOUND, "unknown, used or expired streaming token");
+        return plain(
+            StatusCode::NOT_FOUND,
+            "unknown, used or expired streaming token",
+        );
     };
     let headers = req.headers();
     if !header_has(headers, header::CONNECTION, "upgrade") {
-        return plain(StatusCode::BAD_REQUEST, "a streaming request must upgrade the connection");
+        return plain(
+            StatusCode::BAD_REQUEST,
+            "a streaming request must upgrade the connection",
+        );
     }
     if header_has(headers, header::UPGRADE, "websocket") {
         return super::ws::upgrade(server, parked, &mut req);
@@ -239,18 +248,28 @@ mod tests {
     #[test]
     fn the_clients_first_known_protocol_wins() {
         let (name, p) = negotiate(
-            &offers(&["v9.channel.k8s.io", "v4.channel.k8s.io", "v5.channel.k8s.io"]),
+            &offers(&[
+                "v9.channel.k8s.io",
+                "v4.channel.k8s.io",
+                "v5.channel.k8s.io",
+            ]),
             &SPDY_REMOTE,
         )
         .unwrap();
-        assert_eq!((name.as_str(), p), ("v4.channel.k8s.io", RemoteProtocol::V4));
+        assert_eq!(
+            (name.as_str(), p),
+            ("v4.channel.k8s.io", RemoteProtocol::V4)
+        );
         assert!(negotiate(&offers(&["v9.channel.k8s.io"]), &SPDY_REMOTE).is_none());
     }
 
     #[test]
     fn offers_may_be_listed_in_one_header() {
         let mut h = HeaderMap::new();
-        h.append(PROTOCOL_HEADER, HeaderValue::from_static("v4.channel.k8s.io, v3.channel.k8s.io"));
+        h.append(
+            PROTOCOL_HEADER,
+            HeaderValue::from_static("v4.channel.k8s.io, v3.channel.k8s.io"),
+        );
         h.append(PROTOCOL_HEADER, HeaderValue::from_static("channel.k8s.io"));
         assert_eq!(
             offered(&h, PROTOCOL_HEADER),
@@ -261,7 +280,10 @@ mod tests {
     #[test]
     fn connection_tokens_are_matched_in_lists() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, Upgrade"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, Upgrade"),
+        );
         assert!(header_has(&h, header::CONNECTION, "upgrade"));
         assert!(!header_has(&h, header::CONNECTION, "close"));
     }

@@ -93,7 +93,16 @@ impl RemoteCommand {
                 container_id,
                 cmd,
                 streams,
-            } => remote::exec(&ctx.containers, container_id, cmd.clone(), streams.tty, client).await,
+            } => {
+                remote::exec(
+                    &ctx.containers,
+                    container_id,
+                    cmd.clone(),
+                    streams.tty,
+                    client,
+                )
+                .await
+            }
             RemoteCommand::Attach { container_id, .. } => {
                 remote::attach(&ctx.containers, container_id, client).await
             }

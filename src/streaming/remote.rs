@@ -5,8 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crust_runtime::container::{ContainerService, ExecStreams, StreamingExec};
 use crust_proto::monitor::{FrameKind, Resize};
+use crust_runtime::container::{ContainerService, ExecStreams, StreamingExec};
 use serde::Deserialize;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -295,7 +295,8 @@ pub async fn attach(
         }
         // The client left: a stdin_once container's stdin closes with its first attach.
         if had_stdin && stdin_once && stdin.is_some() {
-            let close = crust_runtime::monitor::write_frame(&mut to_monitor, FrameKind::CloseStdin, &[]);
+            let close =
+                crust_runtime::monitor::write_frame(&mut to_monitor, FrameKind::CloseStdin, &[]);
             let _ = close.await;
         }
     };
@@ -382,7 +383,12 @@ mod tests {
             v["message"],
             "command terminated with non-zero exit code: error executing command [sh -c exit 3], exit code 3"
         );
-        assert!(Outcome::Exited(3).status_text(&cmd()).unwrap().contains("exit code 3"));
+        assert!(
+            Outcome::Exited(3)
+                .status_text(&cmd())
+                .unwrap()
+                .contains("exit code 3")
+        );
     }
 
     #[test]
@@ -397,7 +403,13 @@ mod tests {
     #[test]
     fn sizes_parse_as_clients_send_them() {
         let s: TermSize = serde_json::from_str(r#"{"Width":120,"Height":40}"#).unwrap();
-        assert_eq!(s, TermSize { width: 120, height: 40 });
+        assert_eq!(
+            s,
+            TermSize {
+                width: 120,
+                height: 40
+            }
+        );
     }
 
     #[test]
@@ -407,14 +419,23 @@ mod tests {
         assert_eq!(
             p.push(br#"ght":24}{"Width":100,"Height":30}"#),
             vec![
-                TermSize { width: 80, height: 24 },
-                TermSize { width: 100, height: 30 }
+                TermSize {
+                    width: 80,
+                    height: 24
+                },
+                TermSize {
+                    width: 100,
+                    height: 30
+                }
             ]
         );
         assert_eq!(p.push(b"\n"), vec![]);
         assert_eq!(
             p.push(br#"{"Width":1,"Height":2}"#),
-            vec![TermSize { width: 1, height: 2 }]
+            vec![TermSize {
+                width: 1,
+                height: 2
+            }]
         );
     }
 
@@ -424,7 +445,10 @@ mod tests {
         assert_eq!(p.push(b"nonsense"), vec![]);
         assert_eq!(
             p.push(br#"{"Width":3,"Height":4}"#),
-            vec![TermSize { width: 3, height: 4 }]
+            vec![TermSize {
+                width: 3,
+                height: 4
+            }]
         );
     }
 }

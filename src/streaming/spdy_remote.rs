@@ -66,7 +66,10 @@ pub async fn serve(
             "stderr" => &mut opened.stderr,
             "resize" => &mut opened.resize,
             other => {
-                tracing::debug!(stream_type = other, "remote command: unknown stream ignored");
+                tracing::debug!(
+                    stream_type = other,
+                    "remote command: unknown stream ignored"
+                );
                 continue;
             }
         };
@@ -90,7 +93,8 @@ pub async fn serve(
         gone: session.gone.clone(),
     };
     let outcome = command.run(&ctx, client).await;
-    let _ = tokio::time::timeout(LINGER, async { while pumps.join_next().await.is_some() {} }).await;
+    let _ =
+        tokio::time::timeout(LINGER, async { while pumps.join_next().await.is_some() {} }).await;
     if let Some(error) = opened.error {
         let status = match protocol {
             RemoteProtocol::V4 | RemoteProtocol::V5 => Some(outcome.status_json(command.cmd())),
@@ -109,7 +113,11 @@ pub async fn serve(
 pub fn log_outcome(command: &RemoteCommand, outcome: &Outcome) {
     match outcome {
         Outcome::Exited(code) => {
-            tracing::debug!(container = command.container_id(), code, "remote command ended")
+            tracing::debug!(
+                container = command.container_id(),
+                code,
+                "remote command ended"
+            )
         }
         Outcome::Failed(message) => {
             tracing::info!(container = command.container_id(), %message, "remote command failed")

@@ -37,8 +37,8 @@ impl<T> Tokens<T> {
         if parked.len() >= MAX_IN_FLIGHT {
             return Err(request);
         }
-        let token = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .encode(rand::random::<[u8; 16]>());
+        let token =
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 16]>());
         parked.insert(token.clone(), (now + self.ttl, request));
         Ok(token)
     }
@@ -61,7 +61,10 @@ mod tests {
         let tokens = Tokens::new(Duration::from_secs(60));
         let t = tokens.issue(7).unwrap();
         assert!(t.len() >= 22, "{t}");
-        assert!(t.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'));
+        assert!(
+            t.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        );
         assert_eq!(tokens.redeem(&t), Some(7));
         assert_eq!(tokens.redeem(&t), None);
         assert_eq!(tokens.redeem("nonsense"), None);

@@ -75,7 +75,10 @@ pub fn upgrade(
         .get(header::SEC_WEBSOCKET_VERSION)
         .is_none_or(|v| v.as_bytes() != b"13")
     {
-        return refuse(StatusCode::BAD_REQUEST, "Sec-WebSocket-Version must be 13".into());
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "Sec-WebSocket-Version must be 13".into(),
+        );
     }
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
     let mut offers: Vec<String> = headers
@@ -244,7 +247,8 @@ impl Channels {
         let _ = self.writer.out.send(Out::Close).await;
         let _ = (&mut self.writer_task).await;
         // Give the client a moment to answer the close, then drop the socket.
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), &mut self.reader_task).await;
+        let _ =
+            tokio::time::timeout(std::time::Duration::from_secs(2), &mut self.reader_task).await;
     }
 }
 
@@ -335,7 +339,9 @@ pub fn decode(message: Message, base64: bool) -> Option<(u8, Vec<u8>)> {
         Message::Text(text) if base64 => {
             let (&digit, rest) = text.as_bytes().split_first()?;
             let ch = digit.checked_sub(b'0')?;
-            let data = base64::engine::general_purpose::STANDARD.decode(rest).ok()?;
+            let data = base64::engine::general_purpose::STANDARD
+                .decode(rest)
+                .ok()?;
             Some((ch, data))
         }
         _ => None,
@@ -416,7 +422,10 @@ mod tests {
             assert_eq!(decode(m, base64), Some((1, b"hello\x00\xff".to_vec())));
         }
         assert_eq!(encode(2, b"hi", true), Message::text("2aGk="));
-        assert_eq!(encode(2, b"hi", false), Message::binary(vec![2, b'h', b'i']));
+        assert_eq!(
+            encode(2, b"hi", false),
+            Message::binary(vec![2, b'h', b'i'])
+        );
     }
 
     #[test]

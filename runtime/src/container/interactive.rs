@@ -109,8 +109,7 @@ fn io_err(id: &str, step: &'static str) -> impl FnOnce(std::io::Error) -> Contai
 
 /// A close-on-exec pipe as (read, write).
 fn pipe(id: &str) -> Result<(OwnedFd, OwnedFd)> {
-    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-        .map_err(|e| io_err(id, "pipe")(e.into()))
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| io_err(id, "pipe")(e.into()))
 }
 
 fn pidfd_open(pid: i32) -> std::io::Result<OwnedFd> {
