@@ -6,9 +6,12 @@
 //! - [`registry`] runs Debian's `docker-registry` on a loopback port, one per test.
 //! - [`oci`] builds images in memory (layers, configs, manifests, indexes) and pushes
 //!   them to such a registry.
+//! - [`stream_client`] speaks SPDY and WebSocket to crustd's streaming server, as
+//!   crictl, kubelet and kubectl do.
 #![allow(dead_code)]
 
 pub mod cni;
 pub mod crustd;
 pub mod oci;
 pub mod registry;
+pub mod stream_client;
