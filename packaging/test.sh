@@ -11,7 +11,7 @@ packages=(
   containernetworking-plugins iptables iproute2  # CNI plugins and what they call
   docker-registry                                # the registry the tests push to
   busybox-static                                 # what the test images are built from
-  attr util-linux procps hostname                # getfattr, nsenter, ps, hostname for assertions
+  attr util-linux procps hostname openssl                # getfattr, nsenter, ps, hostname for assertions
 )
 missing=()
 for p in "${packages[@]}"; do

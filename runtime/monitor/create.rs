@@ -13,8 +13,8 @@
 //! handshake times out, kills both with one `kill(-monitor_pid, SIGKILL)`.
 
 use std::ffi::OsString;
-use std::io::{IoSliceMut, Read, Seek, SeekFrom};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::io::{Read, Seek, SeekFrom};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
@@ -28,7 +28,6 @@ use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{Signal, kill};
 use nix::sys::signalfd::SignalFd;
-use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
@@ -365,36 +364,9 @@ fn read_available(fd: &OwnedFd, into: &mut Vec<u8>) -> bool {
     }
 }
 
-/// The descriptor the runtime sends over a console socket connection (the pty
-/// master; the payload is its name, which is not needed).
+/// The pty master the runtime sends over a console socket connection, non-blocking.
 fn receive_fd(stream: &UnixStream) -> Option<OwnedFd> {
-    // The runtime sends right after connecting; the timeout only guards against a
-    // connection that never sends.
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    let mut name = [0u8; 4096];
-    let mut iov = [IoSliceMut::new(&mut name)];
-    let mut space = nix::cmsg_space!([RawFd; 1]);
-    let message = recvmsg::<()>(
-        stream.as_raw_fd(),
-        &mut iov,
-        Some(&mut space),
-        MsgFlags::MSG_CMSG_CLOEXEC,
-    )
-    .ok()?;
-    let mut received = None;
-    for cmsg in message.cmsgs().ok()? {
-        if let ControlMessageOwned::ScmRights(fds) = cmsg {
-            for fd in fds {
-                // SAFETY: SCM_RIGHTS installed this descriptor in our table for us;
-                // nothing else refers to it.
-                let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-                if received.is_none() {
-                    received = Some(fd);
-                }
-            }
-        }
-    }
-    let master = received?;
+    let master = crust_runtime::console::receive_pty_master(stream, Duration::from_secs(5)).ok()?;
     sys::set_nonblocking(&master).ok()?;
     Some(master)
 }

@@ -12,6 +12,7 @@
 //! paths, namespace paths, cgroup paths).
 #![deny(missing_docs)]
 
+pub mod console;
 pub mod container;
 pub mod error;
 pub mod liveness;

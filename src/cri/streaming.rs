@@ -27,35 +27,44 @@ fn validate_streams(container_id: &str, streams: ExecStreams) -> Result<(), Stat
     Ok(())
 }
 
+/// The streams an exec or attach request asks for.
+fn streams_of(stdin: bool, stdout: bool, stderr: bool, tty: bool) -> ExecStreams {
+    ExecStreams {
+        stdin,
+        stdout,
+        stderr,
+        tty,
+    }
+}
+
 impl Cri {
+    /// Validates a remote command against its running container and parks it.
+    fn remote_url(&self, command: RemoteCommand) -> Result<String, Status> {
+        let services = self.services()?;
+        validate_streams(command.container_id(), command.streams())?;
+        if let RemoteCommand::Exec { cmd, .. } = &command
+            && cmd.is_empty()
+        {
+            return Err(Status::invalid_argument("cmd: required"));
+        }
+        services
+            .containers
+            .running(command.container_id())
+            .map_err(|e| error::container_status(&e))?;
+        services.streaming.url_for(Parked::Remote(command))
+    }
+
     pub(super) async fn exec(
         &self,
         request: Request<cri::ExecRequest>,
     ) -> Result<Response<cri::ExecResponse>, Status> {
         let req = request.into_inner();
         self.instrumented("Exec", async {
-            let services = self.services()?;
-            let streams = ExecStreams {
-                stdin: req.stdin,
-                stdout: req.stdout,
-                stderr: req.stderr,
-                tty: req.tty,
-            };
-            validate_streams(&req.container_id, streams)?;
-            if req.cmd.is_empty() {
-                return Err(Status::invalid_argument("cmd: required"));
-            }
-            services
-                .containers
-                .running(&req.container_id)
-                .map_err(|e| error::container_status(&e))?;
-            let url = services
-                .streaming
-                .url_for(Parked::Remote(RemoteCommand::Exec {
-                    container_id: req.container_id,
-                    cmd: req.cmd,
-                    streams,
-                }))?;
+            let url = self.remote_url(RemoteCommand::Exec {
+                container_id: req.container_id,
+                cmd: req.cmd,
+                streams: streams_of(req.stdin, req.stdout, req.stderr, req.tty),
+            })?;
             Ok(cri::ExecResponse { url })
         })
         .await
@@ -67,24 +76,10 @@ impl Cri {
     ) -> Result<Response<cri::AttachResponse>, Status> {
         let req = request.into_inner();
         self.instrumented("Attach", async {
-            let services = self.services()?;
-            let streams = ExecStreams {
-                stdin: req.stdin,
-                stdout: req.stdout,
-                stderr: req.stderr,
-                tty: req.tty,
-            };
-            validate_streams(&req.container_id, streams)?;
-            services
-                .containers
-                .running(&req.container_id)
-                .map_err(|e| error::container_status(&e))?;
-            let url = services
-                .streaming
-                .url_for(Parked::Remote(RemoteCommand::Attach {
-                    container_id: req.container_id,
-                    streams,
-                }))?;
+            let url = self.remote_url(RemoteCommand::Attach {
+                container_id: req.container_id,
+                streams: streams_of(req.stdin, req.stdout, req.stderr, req.tty),
+            })?;
             Ok(cri::AttachResponse { url })
         })
         .await
@@ -125,24 +120,15 @@ impl Cri {
 mod tests {
     use super::*;
 
-    fn streams(stdin: bool, stdout: bool, stderr: bool, tty: bool) -> ExecStreams {
-        ExecStreams {
-            stdin,
-            stdout,
-            stderr,
-            tty,
-        }
-    }
-
     #[test]
     fn streams_follow_kubelets_rules() {
-        assert!(validate_streams("c", streams(false, true, true, false)).is_ok());
-        assert!(validate_streams("c", streams(true, true, false, true)).is_ok());
-        let e = validate_streams("c", streams(false, false, false, false)).unwrap_err();
+        assert!(validate_streams("c", streams_of(false, true, true, false)).is_ok());
+        assert!(validate_streams("c", streams_of(true, true, false, true)).is_ok());
+        let e = validate_streams("c", streams_of(false, false, false, false)).unwrap_err();
         assert_eq!(e.code(), tonic::Code::InvalidArgument);
-        let e = validate_streams("c", streams(false, true, true, true)).unwrap_err();
+        let e = validate_streams("c", streams_of(false, true, true, true)).unwrap_err();
         assert_eq!(e.code(), tonic::Code::InvalidArgument);
-        let e = validate_streams("", streams(false, true, false, false)).unwrap_err();
+        let e = validate_streams("", streams_of(false, true, false, false)).unwrap_err();
         assert_eq!(e.code(), tonic::Code::InvalidArgument);
     }
 }

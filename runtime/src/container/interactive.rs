@@ -122,33 +122,6 @@ fn pidfd_open(pid: i32) -> std::io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
-/// Receives the pty master the runtime sends over the console socket.
-fn receive_master(stream: std::os::unix::net::UnixStream) -> std::io::Result<OwnedFd> {
-    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
-    stream.set_nonblocking(false)?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let mut name = [0u8; 4096];
-    let mut iov = [std::io::IoSliceMut::new(&mut name)];
-    let mut space = nix::cmsg_space!([RawFd; 1]);
-    let message = recvmsg::<()>(
-        stream.as_raw_fd(),
-        &mut iov,
-        Some(&mut space),
-        MsgFlags::MSG_CMSG_CLOEXEC,
-    )?;
-    let mut master = None;
-    for cmsg in message.cmsgs()? {
-        if let ControlMessageOwned::ScmRights(fds) = cmsg {
-            for fd in fds {
-                // SAFETY: SCM_RIGHTS installed this descriptor for us alone.
-                let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-                master.get_or_insert(fd);
-            }
-        }
-    }
-    master.ok_or_else(|| std::io::Error::other("the runtime sent no pty master"))
-}
-
 /// Starts `cmd` in the container with its env, user and working dir, detached from
 /// the runtime, with the streams asked for.
 pub async fn spawn(
@@ -239,7 +212,9 @@ async fn spawn_with(
             accepted = listener.accept() => {
                 let (conn, _) = accepted.map_err(io_err(id, "accept console socket"))?;
                 let conn = conn.into_std().map_err(io_err(id, "console socket"))?;
-                let master = tokio::task::spawn_blocking(move || receive_master(conn))
+                let master = tokio::task::spawn_blocking(move || {
+                    crate::console::receive_pty_master(&conn, Duration::from_secs(10))
+                })
                     .await
                     .map_err(|e| io_err(id, "console socket")(std::io::Error::other(e)))?
                     .map_err(io_err(id, "receive pty master"))?;

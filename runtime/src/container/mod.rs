@@ -756,15 +756,7 @@ impl ContainerService {
 
     /// Makes the monitor reopen the log file (after kubelet renamed it).
     pub async fn reopen_log(&self, id: &str) -> Result<()> {
-        let r = self
-            .get(id)
-            .ok_or_else(|| ContainerError::NotFound(id.to_string()))?;
-        if state(&r) != cri::ContainerState::ContainerRunning {
-            return Err(ContainerError::State {
-                id: r.id.clone(),
-                message: "the container is not running".into(),
-            });
-        }
+        let r = self.running(id)?;
         monitor::reopen_log(&r.attach_socket())
             .await
             .map_err(rt(&r.id, "reopen log"))
@@ -777,15 +769,7 @@ impl ContainerService {
         cmd: Vec<String>,
         timeout: Option<Duration>,
     ) -> Result<ExecOutput> {
-        let r = self
-            .get(id)
-            .ok_or_else(|| ContainerError::NotFound(id.to_string()))?;
-        if state(&r) != cri::ContainerState::ContainerRunning {
-            return Err(ContainerError::State {
-                id: r.id.clone(),
-                message: "the container is not running".into(),
-            });
-        }
+        let r = self.running(id)?;
         if cmd.is_empty() {
             return Err(ContainerError::Invalid("cmd: empty".into()));
         }
@@ -793,7 +777,7 @@ impl ContainerService {
         exec::exec_sync(&runtime, &r, cmd, timeout).await
     }
 
-    /// The running container `id`, or why a streaming request cannot reach it.
+    /// The running container `id`, or why a request for a running one cannot reach it.
     pub fn running(&self, id: &str) -> Result<Arc<ContainerRecord>> {
         let r = self
             .get(id)
