@@ -7,6 +7,8 @@ mod support;
 
 use std::collections::HashMap;
 use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crust_proto::cri;
@@ -15,8 +17,8 @@ use support::crustd::{CriClient, Crustd};
 use support::oci;
 use support::registry::Registry;
 use support::stream_client::{
-    self as sc, ExecInput, PortForward, STDOUT, Session, SpdyConn, Streams, V1, V1_BASE64, V2, V3,
-    V4, V4_BASE64, V5, WsPortForward,
+    self as sc, Dial, ExecInput, PortForward, STDOUT, Session, SpdyConn, Streams, V1, V1_BASE64,
+    V2, V3, V4, V4_BASE64, V5, WsPortForward,
 };
 use tonic::Code;
 
@@ -29,6 +31,8 @@ struct Pod {
     image: String,
     sandbox: String,
     sandbox_config: cri::PodSandboxConfig,
+    /// How every streaming URL starts: `http://127.0.0.1:`, or `https://` with TLS.
+    url_prefix: &'static str,
     /// Dropped last, after the daemon removed every pod: the pod cgroup parent goes.
     _cgroups: CgroupParent,
 }
@@ -49,9 +53,19 @@ impl Drop for CgroupParent {
 }
 
 async fn pod() -> Pod {
+    pod_with("").await
+}
+
+/// [`pod`] with `extra` TOML tables in crustd's config.
+async fn pod_with(extra: &str) -> Pod {
     let reg = Registry::start();
     oci::push_image(&reg.host(), "test/box", "1", &oci::busybox_image()).await;
-    let d = Crustd::start().await;
+    let d = Crustd::start_with(extra).await;
+    let url_prefix = if extra.contains("tls_cert") {
+        "https://127.0.0.1:"
+    } else {
+        "http://127.0.0.1:"
+    };
     let net = TestNetwork::create(&d.cni_conf_dir(), d.dir(), &[]);
     let mut c = d.client().await;
     let image = format!("{}/test/box:1", reg.host());
@@ -103,6 +117,7 @@ async fn pod() -> Pod {
         image,
         sandbox,
         sandbox_config,
+        url_prefix,
         _cgroups: CgroupParent(cgroup_parent),
     }
 }
@@ -233,7 +248,7 @@ impl Pod {
             .await
             .unwrap_or_else(|e| panic!("Exec {cmd:?}: {e:?}"));
         assert!(
-            url.starts_with("http://127.0.0.1:") && url.contains("/exec/"),
+            url.starts_with(self.url_prefix) && url.contains("/exec/"),
             "{url}"
         );
         url
@@ -248,7 +263,10 @@ impl Pod {
             .try_attach(attach_request(id, s))
             .await
             .unwrap_or_else(|e| panic!("Attach: {e:?}"));
-        assert!(url.contains("/attach/"), "{url}");
+        assert!(
+            url.starts_with(self.url_prefix) && url.contains("/attach/"),
+            "{url}"
+        );
         url
     }
 
@@ -273,7 +291,10 @@ impl Pod {
             .try_port_forward(&sandbox, ports)
             .await
             .unwrap_or_else(|e| panic!("PortForward: {e:?}"));
-        assert!(url.contains("/portforward/"), "{url}");
+        assert!(
+            url.starts_with(self.url_prefix) && url.contains("/portforward/"),
+            "{url}"
+        );
         url
     }
 }
@@ -695,7 +716,12 @@ async fn attach_writes_stdin_and_reads_output_from_the_moment_it_joins() {
 
 /// A pod serving `hi-from-httpd` with busybox httpd on port 8080, once it answers.
 async fn web_pod() -> Pod {
-    let mut p = pod().await;
+    web_pod_with("").await
+}
+
+/// [`web_pod`] with `extra` TOML tables in crustd's config.
+async fn web_pod_with(extra: &str) -> Pod {
+    let mut p = pod_with(extra).await;
     let web = p
         .run(p.config(
             "web",
@@ -851,8 +877,168 @@ async fn a_token_works_once_and_unknown_ones_are_refused() {
             .expect_err("unknown token");
         assert_eq!(err.status, 404, "{url}: {err}");
     }
+}
 
-    // TODO(lead): expired token
+#[tokio::test(flavor = "multi_thread")]
+async fn an_expired_token_is_refused() {
+    let mut p = pod_with("[streaming]\ntoken_ttl_secs = 1\n").await;
+    let id = p.idle("target").await;
+
+    // Used before it expires: the session outlives the token.
+    let early = p
+        .exec_url(&id, &sh("sleep 2; echo still-here"), Streams::OUTPUT)
+        .await;
+    let s = Session::spdy(&early, &[V4], Streams::OUTPUT).await.unwrap();
+    let spdy = p.exec_url(&id, &sh("echo late"), Streams::OUTPUT).await;
+    let ws = p.exec_url(&id, &sh("echo late"), Streams::OUTPUT).await;
+    let pf = p.port_forward_url(&[80]).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    let err = SpdyConn::connect(&spdy, &[V4])
+        .await
+        .err()
+        .expect("expired token");
+    assert_eq!(err.status, 404, "{err}");
+    let err = Session::ws(&ws, &[V5], Streams::OUTPUT)
+        .await
+        .err()
+        .expect("expired token");
+    assert_eq!(err.status, 404, "{err}");
+    let err = PortForward::connect(&pf)
+        .await
+        .err()
+        .expect("expired token");
+    assert_eq!(err.status, 404, "{err}");
+
+    let r = s.finish().await;
+    assert_eq!(r.stdout_text(), "still-here\n", "{r:?}");
+    assert_success(&r);
+
+    // A fresh token, used at once, works.
+    let url = p.exec_url(&id, &sh("echo fresh"), Streams::OUTPUT).await;
+    let r = sc::exec_ws(&url, V5, &ExecInput::output()).await;
+    assert_eq!(r.stdout_text(), "fresh\n", "{r:?}");
+    assert_success(&r);
+}
+
+/// A self-signed certificate for IP 127.0.0.1 (and its key), named `CN=common_name`,
+/// made with the openssl CLI as `dir/name.crt` and `dir/name.key`. Not a CA: rustls
+/// refuses a CA certificate as a server's own.
+fn self_signed(dir: &Path, name: &str, common_name: &str) -> (PathBuf, PathBuf) {
+    let cert = dir.join(format!("{name}.crt"));
+    let key = dir.join(format!("{name}.key"));
+    let out = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+        .arg("ec_paramgen_curve:prime256v1")
+        .args(["-nodes", "-days", "1", "-subj"])
+        .arg(format!("/CN={common_name}"))
+        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap_or_else(|e| panic!("run openssl (the openssl package): {e}"));
+    assert!(
+        out.status.success(),
+        "openssl req failed ({}):\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (cert, key)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn exec_and_port_forward_over_tls_with_the_configured_certificate() {
+    // The files must exist when crustd starts: a directory of the test's own.
+    let certs = tempfile::Builder::new()
+        .prefix("crust-e2e-tls-")
+        .tempdir()
+        .expect("tempdir");
+    let (cert, key) = self_signed(certs.path(), "streaming", "crust-test");
+    let (stranger, _) = self_signed(certs.path(), "stranger", "someone-else");
+    let mut p = web_pod_with(&format!(
+        "[streaming]\ntls_cert = {cert:?}\ntls_key = {key:?}\n"
+    ))
+    .await;
+    let id = p.idle("target").await;
+    let tls = Dial::trusting(&cert);
+
+    // SPDY: output on both streams, stdin, exit codes.
+    let url = p
+        .exec_url(&id, &sh("echo over-tls; echo oops >&2"), Streams::OUTPUT)
+        .await;
+    assert!(url.starts_with("https://127.0.0.1:"), "{url}");
+    let r = sc::exec_spdy_via(&tls, &url, V4, &ExecInput::output()).await;
+    assert_eq!(r.stdout_text(), "over-tls\n", "{r:?}");
+    assert_eq!(r.stderr_text(), "oops\n", "{r:?}");
+    assert_success(&r);
+    let input = ExecInput::with_stdin(b"through tls");
+    let url = p.exec_url(&id, &["cat"], input.streams()).await;
+    let r = sc::exec_spdy_via(&tls, &url, V5, &input).await;
+    assert_eq!(r.stdout_text(), "through tls", "{r:?}");
+    assert_success(&r);
+    let url = p.exec_url(&id, &sh("exit 3"), Streams::OUTPUT).await;
+    let r = sc::exec_spdy_via(&tls, &url, V4, &ExecInput::output()).await;
+    assert_eq!(r.exit_code(), Ok(3), "{r:?}");
+
+    // WebSocket.
+    let url = p
+        .exec_url(&id, &sh("echo ws-over-tls; exit 4"), Streams::OUTPUT)
+        .await;
+    let r = sc::exec_ws_via(&tls, &url, V5, &ExecInput::output()).await;
+    assert_eq!(r.stdout_text(), "ws-over-tls\n", "{r:?}");
+    assert_eq!(r.exit_code(), Ok(4), "{r:?}");
+    let input = ExecInput::with_stdin(b"ws through tls");
+    let url = p.exec_url(&id, &["cat"], input.streams()).await;
+    let r = sc::exec_ws_via(&tls, &url, V5, &input).await;
+    assert_eq!(r.stdout_text(), "ws through tls", "{r:?}");
+    assert_success(&r);
+
+    // SPDY port-forward to httpd in the pod.
+    let url = p.port_forward_url(&[8080]).await;
+    let mut pf = PortForward::connect_via(&tls, &url).await.unwrap();
+    let f = pf.request(8080, HTTP_GET).await;
+    let text = f.text();
+    assert!(
+        text.contains(" 200") && text.contains("hi-from-httpd"),
+        "{f:?}"
+    );
+    assert!(f.error.is_empty(), "{f:?}");
+    drop(pf);
+
+    // Plain HTTP to the TLS port gets no HTTP answer, let alone a 101.
+    let url = p.exec_url(&id, &sh("echo at-last"), Streams::OUTPUT).await;
+    let plain = url.replacen("https://", "http://", 1);
+    let err = SpdyConn::connect(&plain, &[V4])
+        .await
+        .err()
+        .expect("plain http to the TLS port was upgraded");
+    assert_eq!(err.status, 0, "{err}");
+    let err = sc::ws_connect(&plain, &[V5])
+        .await
+        .expect_err("plain http to the TLS port was upgraded");
+    assert_eq!(err.status, 0, "{err}");
+
+    // A client that does not trust the certificate fails the handshake.
+    let untrusting = Dial::trusting(&stranger);
+    let err = SpdyConn::connect_via(&untrusting, "POST", &url, &[V4])
+        .await
+        .err()
+        .expect("a client that does not trust the certificate got through");
+    assert_eq!(err.status, 0, "{err}");
+    assert!(err.body.contains("certificate"), "{err}");
+    let err = sc::ws_connect_via(&untrusting, &url, &[V5])
+        .await
+        .expect_err("a client that does not trust the certificate got through");
+    assert_eq!(err.status, 0, "{err}");
+    assert!(err.body.contains("certificate"), "{err}");
+
+    // None of those reached the HTTP server: the token is still unspent.
+    let r = sc::exec_spdy_via(&tls, &url, V4, &ExecInput::output()).await;
+    assert_eq!(r.stdout_text(), "at-last\n", "{r:?}");
+    assert_success(&r);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -13,6 +13,10 @@
 //! channels numbered as on the WebSocket ([`STDIN`] .. [`RESIZE`]); [`exec_spdy`]
 //! and [`exec_ws`] run a whole command and return an [`ExecResult`].
 //!
+//! `https` URLs (crustd's `[streaming]` with `tls_cert` and `tls_key`) are reached
+//! through TLS with the `_via` variants, given a [`Dial`] that says which
+//! certificates to trust; the plain variants speak `http` only.
+//!
 //! Every wait is bounded by [`TIMEOUT`]: a broken server fails the test with what
 //! was received so far (for SPDY, a trace of the frames both ways) instead of
 //! hanging it. Failures the server can cause while streaming panic with that
@@ -21,6 +25,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::io;
+use std::path::Path;
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
@@ -29,10 +34,11 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use crust_proto::spdy::{Frame, HeaderCodec};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -147,6 +153,10 @@ impl std::error::Error for StreamError {}
 
 /// Host and port, and path with query, of a streaming URL.
 struct Target {
+    /// `https`: TLS over the TCP connection.
+    tls: bool,
+    /// The host, without IPv6 brackets (the TLS server name).
+    host: String,
     authority: String,
     path: String,
 }
@@ -155,16 +165,22 @@ fn parse_url(url: &str) -> Target {
     let uri: Uri = url
         .parse()
         .unwrap_or_else(|e| panic!("bad streaming url {url:?}: {e}"));
-    assert_eq!(
-        uri.scheme_str(),
-        Some("http"),
-        "the test clients speak plain http only: {url}"
-    );
+    let tls = match uri.scheme_str() {
+        Some("http") => false,
+        Some("https") => true,
+        other => panic!("the test clients speak http and https, not {other:?}: {url}"),
+    };
+    let authority = uri
+        .authority()
+        .unwrap_or_else(|| panic!("no host in {url:?}"));
     Target {
-        authority: uri
-            .authority()
-            .unwrap_or_else(|| panic!("no host in {url:?}"))
+        tls,
+        host: authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
             .to_string(),
+        authority: authority.to_string(),
         path: uri
             .path_and_query()
             .map(|p| p.to_string())
@@ -177,6 +193,100 @@ async fn tcp_connect(authority: &str) -> TcpStream {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => panic!("connect to the streaming server {authority}: {e}"),
         Err(_) => panic!("connect to the streaming server {authority}: timed out"),
+    }
+}
+
+/// How the clients reach the streaming server: plain TCP for `http` URLs and, for
+/// `https` ones, TLS trusting exactly the certificates given (never the system's).
+#[derive(Clone, Default)]
+pub struct Dial {
+    tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl Dial {
+    /// `http` only; an `https` URL fails the test. What the functions without a
+    /// `Dial` use.
+    pub fn plain() -> Dial {
+        Dial::default()
+    }
+
+    /// TLS for `https` URLs (plain TCP for `http` ones), trusting the certificates
+    /// of the PEM file `ca` as roots, with ring as the crypto provider.
+    pub fn trusting(ca: &Path) -> Dial {
+        let mut roots = rustls::RootCertStore::empty();
+        let certs = CertificateDer::pem_file_iter(ca)
+            .unwrap_or_else(|e| panic!("read {}: {e}", ca.display()));
+        for cert in certs {
+            let cert = cert.unwrap_or_else(|e| panic!("a certificate of {}: {e}", ca.display()));
+            roots
+                .add(cert)
+                .unwrap_or_else(|e| panic!("trust {}: {e}", ca.display()));
+        }
+        assert!(!roots.is_empty(), "{} holds no certificate", ca.display());
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Dial {
+            tls: Some(Arc::new(config)),
+        }
+    }
+
+    /// Connects to `target`, with the TLS handshake for `https`; a failed handshake
+    /// is an [`UpgradeError`] with status 0.
+    async fn connect(&self, url: &str, target: &Target) -> Result<Dialed, UpgradeError> {
+        let tcp = tcp_connect(&target.authority).await;
+        if !target.tls {
+            return Ok(Dialed::Plain(tcp));
+        }
+        let config = self
+            .tls
+            .clone()
+            .unwrap_or_else(|| panic!("{url}: https needs a Dial that trusts a certificate"));
+        let name = ServerName::try_from(target.host.clone())
+            .unwrap_or_else(|e| panic!("{url}: no TLS server name: {e}"));
+        let failed = |body: String| UpgradeError {
+            status: 0,
+            headers: Vec::new(),
+            body,
+        };
+        let handshake = tokio_rustls::TlsConnector::from(config).connect(name, tcp);
+        match tokio::time::timeout(TIMEOUT, handshake).await {
+            Ok(Ok(tls)) => Ok(Dialed::Tls(Box::new(tls))),
+            Ok(Err(e)) => Err(failed(format!(
+                "TLS handshake with {}: {e}",
+                target.authority
+            ))),
+            Err(_) => Err(failed(format!(
+                "TLS handshake with {}: no answer within {TIMEOUT:?}",
+                target.authority
+            ))),
+        }
+    }
+}
+
+/// A byte stream to the server, plain or TLS (Debug, as a `TcpStream` is).
+pub trait Io: AsyncRead + AsyncWrite + Send + Unpin + fmt::Debug {}
+
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + fmt::Debug> Io for T {}
+
+type BoxRead = Box<dyn AsyncRead + Send + Unpin>;
+type BoxWrite = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// A connection [`Dial`] made.
+enum Dialed {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl Dialed {
+    fn boxed(self) -> Box<dyn Io> {
+        match self {
+            Dialed::Plain(s) => Box::new(s),
+            Dialed::Tls(s) => s,
+        }
     }
 }
 
@@ -236,7 +346,7 @@ fn describe(frame: &Frame) -> String {
 
 /// Reads an HTTP response head; returns (status, headers, bytes after the head).
 async fn read_response_head(
-    sock: &mut TcpStream,
+    sock: &mut (impl AsyncRead + Unpin),
 ) -> Result<(u16, Vec<(String, String)>, Vec<u8>), UpgradeError> {
     let no_answer = |body: String| UpgradeError {
         status: 0,
@@ -292,7 +402,7 @@ fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
 
 /// Reads the body of a refused upgrade: by Content-Length, to the last chunk, or to EOF.
 async fn read_body(
-    sock: &mut TcpStream,
+    sock: &mut (impl AsyncRead + Unpin),
     headers: &[(String, String)],
     mut body: Vec<u8>,
 ) -> String {
@@ -312,6 +422,62 @@ async fn read_body(
         }
     }
     String::from_utf8_lossy(&body).to_string()
+}
+
+/// Sends the SPDY upgrade request and checks the answer as client-go does;
+/// returns the negotiated protocol and what the server sent after the head.
+async fn spdy_upgrade(
+    sock: &mut (impl AsyncRead + AsyncWrite + Unpin),
+    method: &str,
+    url: &str,
+    target: &Target,
+    protocols: &[&str],
+) -> Result<(String, Vec<u8>), UpgradeError> {
+    let mut request = format!(
+        "{method} {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: crust-e2e\r\n\
+         Connection: Upgrade\r\nUpgrade: SPDY/3.1\r\n",
+        target.path, target.authority
+    );
+    if method == "POST" {
+        request.push_str("Content-Length: 0\r\n");
+    }
+    for p in protocols {
+        request.push_str(&format!("X-Stream-Protocol-Version: {p}\r\n"));
+    }
+    request.push_str("\r\n");
+    sock.write_all(request.as_bytes())
+        .await
+        .unwrap_or_else(|e| panic!("send the upgrade request to {url}: {e}"));
+    let (status, headers, rest) = read_response_head(sock).await?;
+    if status != 101 {
+        let body = read_body(sock, &headers, rest).await;
+        return Err(UpgradeError {
+            status,
+            headers,
+            body,
+        });
+    }
+    // What client-go checks before speaking SPDY.
+    let invalid = |why: &str| UpgradeError {
+        status,
+        headers: headers.clone(),
+        body: why.to_string(),
+    };
+    if !header(&headers, "connection").is_some_and(|v| v.to_ascii_lowercase().contains("upgrade")) {
+        return Err(invalid("101 without Connection: Upgrade"));
+    }
+    if !header(&headers, "upgrade").is_some_and(|v| v.to_ascii_lowercase().contains("spdy/3.1")) {
+        return Err(invalid("101 without Upgrade: SPDY/3.1"));
+    }
+    let protocol = header(&headers, "x-stream-protocol-version")
+        .unwrap_or_default()
+        .to_string();
+    if !protocols.is_empty() && !protocols.contains(&protocol.as_str()) {
+        return Err(invalid(&format!(
+            "negotiated {protocol:?}, which was not offered"
+        )));
+    }
+    Ok((protocol, rest))
 }
 
 // ---------------------------------------------------------------------------
@@ -334,7 +500,7 @@ struct Slot {
 /// so that frames reach the wire in the order their header blocks were compressed
 /// and stream ids only increase.
 struct Out {
-    sock: Option<OwnedWriteHalf>,
+    sock: Option<BoxWrite>,
     codec: HeaderCodec,
     next_id: u32,
 }
@@ -466,7 +632,7 @@ impl Shared {
 
 async fn read_loop(
     shared: Arc<Shared>,
-    mut sock: OwnedReadHalf,
+    mut sock: BoxRead,
     mut buf: Vec<u8>,
     closed: watch::Sender<bool>,
 ) {
@@ -516,56 +682,31 @@ impl SpdyConn {
         url: &str,
         protocols: &[&str],
     ) -> Result<SpdyConn, UpgradeError> {
+        Self::connect_via(&Dial::plain(), method, url, protocols).await
+    }
+
+    /// Upgrades with `method` over a connection `dial` makes (TLS for `https`).
+    pub async fn connect_via(
+        dial: &Dial,
+        method: &str,
+        url: &str,
+        protocols: &[&str],
+    ) -> Result<SpdyConn, UpgradeError> {
         let target = parse_url(url);
-        let mut sock = tcp_connect(&target.authority).await;
-        let mut request = format!(
-            "{method} {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: crust-e2e\r\n\
-             Connection: Upgrade\r\nUpgrade: SPDY/3.1\r\n",
-            target.path, target.authority
-        );
-        if method == "POST" {
-            request.push_str("Content-Length: 0\r\n");
-        }
-        for p in protocols {
-            request.push_str(&format!("X-Stream-Protocol-Version: {p}\r\n"));
-        }
-        request.push_str("\r\n");
-        sock.write_all(request.as_bytes())
-            .await
-            .unwrap_or_else(|e| panic!("send the upgrade request to {url}: {e}"));
-        let (status, headers, rest) = read_response_head(&mut sock).await?;
-        if status != 101 {
-            let body = read_body(&mut sock, &headers, rest).await;
-            return Err(UpgradeError {
-                status,
-                headers,
-                body,
-            });
-        }
-        // What client-go checks before speaking SPDY.
-        let invalid = |why: &str| UpgradeError {
-            status,
-            headers: headers.clone(),
-            body: why.to_string(),
-        };
-        if !header(&headers, "connection")
-            .is_some_and(|v| v.to_ascii_lowercase().contains("upgrade"))
-        {
-            return Err(invalid("101 without Connection: Upgrade"));
-        }
-        if !header(&headers, "upgrade").is_some_and(|v| v.to_ascii_lowercase().contains("spdy/3.1"))
-        {
-            return Err(invalid("101 without Upgrade: SPDY/3.1"));
-        }
-        let protocol = header(&headers, "x-stream-protocol-version")
-            .unwrap_or_default()
-            .to_string();
-        if !protocols.is_empty() && !protocols.contains(&protocol.as_str()) {
-            return Err(invalid(&format!(
-                "negotiated {protocol:?}, which was not offered"
-            )));
-        }
-        let (read, write) = sock.into_split();
+        // Plain TCP keeps its owned halves: dropping the write half sends FIN.
+        let (read, write, (protocol, rest)): (BoxRead, BoxWrite, _) =
+            match dial.connect(url, &target).await? {
+                Dialed::Plain(mut sock) => {
+                    let upgraded = spdy_upgrade(&mut sock, method, url, &target, protocols).await?;
+                    let (read, write) = sock.into_split();
+                    (Box::new(read), Box::new(write), upgraded)
+                }
+                Dialed::Tls(mut sock) => {
+                    let upgraded = spdy_upgrade(&mut sock, method, url, &target, protocols).await?;
+                    let (read, write) = tokio::io::split(sock);
+                    (Box::new(read), Box::new(write), upgraded)
+                }
+            };
         let shared = Arc::new(Shared {
             out: tokio::sync::Mutex::new(Out {
                 sock: Some(write),
@@ -804,20 +945,30 @@ impl SpdyStream {
 // ---------------------------------------------------------------------------
 // WebSocket connection
 
-type Ws = WebSocketStream<TcpStream>;
+type Ws = WebSocketStream<Box<dyn Io>>;
 
 /// Opens a WebSocket to `url` (http is rewritten to ws) offering `protocols`;
 /// returns the socket and the chosen protocol.
 pub async fn ws_connect(url: &str, protocols: &[&str]) -> Result<(Ws, String), UpgradeError> {
+    ws_connect_via(&Dial::plain(), url, protocols).await
+}
+
+/// [`ws_connect`] over a connection `dial` makes (`https` is rewritten to wss).
+pub async fn ws_connect_via(
+    dial: &Dial,
+    url: &str,
+    protocols: &[&str],
+) -> Result<(Ws, String), UpgradeError> {
     let target = parse_url(url);
-    let mut request = format!("ws://{}{}", target.authority, target.path)
+    let scheme = if target.tls { "wss" } else { "ws" };
+    let mut request = format!("{scheme}://{}{}", target.authority, target.path)
         .into_client_request()
         .unwrap_or_else(|e| panic!("websocket request for {url}: {e}"));
     request.headers_mut().insert(
         "Sec-WebSocket-Protocol",
         HeaderValue::from_str(&protocols.join(", ")).expect("protocol header"),
     );
-    let sock = tcp_connect(&target.authority).await;
+    let sock = dial.connect(url, &target).await?.boxed();
     let result =
         tokio::time::timeout(TIMEOUT, tokio_tungstenite::client_async(request, sock)).await;
     match result {
@@ -1043,7 +1194,18 @@ impl Session {
         protocols: &[&str],
         streams: Streams,
     ) -> Result<Session, UpgradeError> {
-        let conn = SpdyConn::connect_with_method(method, url, protocols).await?;
+        Self::spdy_via(&Dial::plain(), method, url, protocols, streams).await
+    }
+
+    /// [`Session::spdy_with_method`] over a connection `dial` makes.
+    pub async fn spdy_via(
+        dial: &Dial,
+        method: &str,
+        url: &str,
+        protocols: &[&str],
+        streams: Streams,
+    ) -> Result<Session, UpgradeError> {
+        let conn = SpdyConn::connect_via(dial, method, url, protocols).await?;
         let protocol = conn.protocol().to_string();
         let version = version_of(&protocol);
         let open = |kind: &'static str| {
@@ -1113,7 +1275,17 @@ impl Session {
         protocols: &[&str],
         streams: Streams,
     ) -> Result<Session, UpgradeError> {
-        let (ws, protocol) = ws_connect(url, protocols).await?;
+        Self::ws_via(&Dial::plain(), url, protocols, streams).await
+    }
+
+    /// [`Session::ws`] over a connection `dial` makes.
+    pub async fn ws_via(
+        dial: &Dial,
+        url: &str,
+        protocols: &[&str],
+        streams: Streams,
+    ) -> Result<Session, UpgradeError> {
+        let (ws, protocol) = ws_connect_via(dial, url, protocols).await?;
         if !protocols.contains(&protocol.as_str()) {
             return Err(UpgradeError {
                 status: 101,
@@ -1488,7 +1660,17 @@ impl ExecInput {
 
 /// Runs a remote command over SPDY with exactly `protocol` offered.
 pub async fn exec_spdy(url: &str, protocol: &str, input: &ExecInput) -> ExecResult {
-    let mut s = Session::spdy(url, &[protocol], input.streams())
+    exec_spdy_via(&Dial::plain(), url, protocol, input).await
+}
+
+/// [`exec_spdy`] over a connection `dial` makes.
+pub async fn exec_spdy_via(
+    dial: &Dial,
+    url: &str,
+    protocol: &str,
+    input: &ExecInput,
+) -> ExecResult {
+    let mut s = Session::spdy_via(dial, "POST", url, &[protocol], input.streams())
         .await
         .unwrap_or_else(|e| panic!("spdy {protocol} to {url}: {e}"));
     assert_eq!(s.protocol(), protocol);
@@ -1498,7 +1680,12 @@ pub async fn exec_spdy(url: &str, protocol: &str, input: &ExecInput) -> ExecResu
 
 /// Runs a remote command over WebSocket with exactly `protocol` offered.
 pub async fn exec_ws(url: &str, protocol: &str, input: &ExecInput) -> ExecResult {
-    let mut s = Session::ws(url, &[protocol], input.streams())
+    exec_ws_via(&Dial::plain(), url, protocol, input).await
+}
+
+/// [`exec_ws`] over a connection `dial` makes.
+pub async fn exec_ws_via(dial: &Dial, url: &str, protocol: &str, input: &ExecInput) -> ExecResult {
+    let mut s = Session::ws_via(dial, url, &[protocol], input.streams())
         .await
         .unwrap_or_else(|e| panic!("websocket {protocol} to {url}: {e}"));
     assert_eq!(s.protocol(), protocol);
@@ -1534,7 +1721,12 @@ pub struct PortForward {
 impl PortForward {
     /// Upgrades offering `portforward.k8s.io`.
     pub async fn connect(url: &str) -> Result<PortForward, UpgradeError> {
-        let conn = SpdyConn::connect(url, &[PORT_FORWARD]).await?;
+        Self::connect_via(&Dial::plain(), url).await
+    }
+
+    /// [`PortForward::connect`] over a connection `dial` makes.
+    pub async fn connect_via(dial: &Dial, url: &str) -> Result<PortForward, UpgradeError> {
+        let conn = SpdyConn::connect_via(dial, "POST", url, &[PORT_FORWARD]).await?;
         assert_eq!(conn.protocol(), PORT_FORWARD);
         Ok(PortForward {
             conn,
