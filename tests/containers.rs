@@ -5,105 +5,20 @@ mod support;
 
 use std::collections::HashMap;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crust_proto::cri;
 use serde_json::json;
-use support::cni::TestNetwork;
-use support::crustd::{CriClient, Crustd};
 use support::oci::{self, ImageSpec};
-use support::registry::Registry;
+use support::pod::TestPod;
 use tonic::Code;
 
 /// A daemon with a network, a pulled busybox image and one running pod.
-struct Pod {
-    d: Crustd,
-    _net: TestNetwork,
-    _reg: Registry,
-    c: CriClient,
-    image: String,
-    sandbox: String,
-    sandbox_config: cri::PodSandboxConfig,
-    logs: PathBuf,
-    /// Dropped last, after the daemon removed every pod: the pod cgroup parent goes.
-    _cgroups: CgroupParent,
-}
-
-/// The test's pod cgroup parent (what kubelet would create and delete).
-struct CgroupParent(String);
-
-impl Drop for CgroupParent {
-    fn drop(&mut self) {
-        for ctrl in fs::read_dir("/sys/fs/cgroup")
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let _ = fs::remove_dir(ctrl.path().join(self.0.trim_start_matches('/')));
-        }
-    }
-}
+type Pod = TestPod;
 
 async fn pod_with_image(image: ImageSpec) -> Pod {
-    let reg = Registry::start();
-    oci::push_image(&reg.host(), "test/box", "1", &image).await;
-    let d = Crustd::start().await;
-    let net = TestNetwork::create(&d.cni_conf_dir(), d.dir(), &[]);
-    let mut c = d.client().await;
-    let name = format!("{}/test/box:1", reg.host());
-    c.image
-        .pull_image(cri::PullImageRequest {
-            image: Some(cri::ImageSpec {
-                image: name.clone(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let logs = d.dir().join("pod-logs");
-    let cgroup_parent = format!(
-        "/crust-test-{}-{}",
-        std::process::id(),
-        d.dir().file_name().unwrap().to_string_lossy()
-    );
-    let sandbox_config = cri::PodSandboxConfig {
-        metadata: Some(cri::PodSandboxMetadata {
-            name: "pod".into(),
-            uid: "uid-pod".into(),
-            namespace: "default".into(),
-            attempt: 0,
-        }),
-        hostname: "pod".into(),
-        log_directory: logs.display().to_string(),
-        linux: Some(cri::LinuxPodSandboxConfig {
-            cgroup_parent: cgroup_parent.clone(),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    let sandbox = c
-        .runtime
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(sandbox_config.clone()),
-            runtime_handler: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .pod_sandbox_id;
-    Pod {
-        d,
-        _net: net,
-        _reg: reg,
-        c,
-        image: name,
-        sandbox,
-        sandbox_config,
-        logs,
-        _cgroups: CgroupParent(cgroup_parent),
-    }
+    TestPod::set_up(image, "").await
 }
 
 async fn pod() -> Pod {
@@ -753,7 +668,7 @@ async fn fifty_cycles_leave_nothing() {
         })
         .count();
     assert_eq!(monitors, 0);
-    let cgroup = format!("/sys/fs/cgroup/memory{}", p._cgroups.0);
+    let cgroup = format!("/sys/fs/cgroup/memory{}", p.cgroups.0);
     let children: Vec<_> = fs::read_dir(&cgroup)
         .map(|r| {
             r.flatten()

@@ -12,10 +12,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crust_proto::cri;
-use support::cni::TestNetwork;
-use support::crustd::{CriClient, Crustd};
 use support::oci;
-use support::registry::Registry;
+use support::pod::TestPod;
 use support::stream_client::{
     self as sc, Dial, ExecInput, PortForward, STDOUT, Session, SpdyConn, Streams, V1, V1_BASE64,
     V2, V3, V4, V4_BASE64, V5, WsPortForward,
@@ -23,34 +21,7 @@ use support::stream_client::{
 use tonic::Code;
 
 /// A daemon with a network, a pulled busybox image and one running pod.
-struct Pod {
-    _d: Crustd,
-    _net: TestNetwork,
-    _reg: Registry,
-    c: CriClient,
-    image: String,
-    sandbox: String,
-    sandbox_config: cri::PodSandboxConfig,
-    /// How every streaming URL starts: `http://127.0.0.1:`, or `https://` with TLS.
-    url_prefix: &'static str,
-    /// Dropped last, after the daemon removed every pod: the pod cgroup parent goes.
-    _cgroups: CgroupParent,
-}
-
-/// The test's pod cgroup parent (what kubelet would create and delete).
-struct CgroupParent(String);
-
-impl Drop for CgroupParent {
-    fn drop(&mut self) {
-        for ctrl in fs::read_dir("/sys/fs/cgroup")
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let _ = fs::remove_dir(ctrl.path().join(self.0.trim_start_matches('/')));
-        }
-    }
-}
+type Pod = TestPod;
 
 async fn pod() -> Pod {
     pod_with("").await
@@ -58,67 +29,17 @@ async fn pod() -> Pod {
 
 /// [`pod`] with `extra` TOML tables in crustd's config.
 async fn pod_with(extra: &str) -> Pod {
-    let reg = Registry::start();
-    oci::push_image(&reg.host(), "test/box", "1", &oci::busybox_image()).await;
-    let d = Crustd::start_with(extra).await;
-    let url_prefix = if extra.contains("tls_cert") {
-        "https://127.0.0.1:"
-    } else {
-        "http://127.0.0.1:"
-    };
-    let net = TestNetwork::create(&d.cni_conf_dir(), d.dir(), &[]);
-    let mut c = d.client().await;
-    let image = format!("{}/test/box:1", reg.host());
-    c.image
-        .pull_image(cri::PullImageRequest {
-            image: Some(cri::ImageSpec {
-                image: image.clone(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let cgroup_parent = format!(
-        "/crust-test-{}-{}",
-        std::process::id(),
-        d.dir().file_name().unwrap().to_string_lossy()
-    );
-    let sandbox_config = cri::PodSandboxConfig {
-        metadata: Some(cri::PodSandboxMetadata {
-            name: "pod".into(),
-            uid: "uid-pod".into(),
-            namespace: "default".into(),
-            attempt: 0,
-        }),
-        hostname: "pod".into(),
-        log_directory: d.dir().join("pod-logs").display().to_string(),
-        linux: Some(cri::LinuxPodSandboxConfig {
-            cgroup_parent: cgroup_parent.clone(),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    let sandbox = c
-        .runtime
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(sandbox_config.clone()),
-            runtime_handler: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .pod_sandbox_id;
-    Pod {
-        _d: d,
-        _net: net,
-        _reg: reg,
-        c,
-        image,
-        sandbox,
-        sandbox_config,
-        url_prefix,
-        _cgroups: CgroupParent(cgroup_parent),
+    TestPod::set_up(oci::busybox_image(), extra).await
+}
+
+impl Pod {
+    /// How every streaming URL starts: `http://127.0.0.1:`, or `https://` with TLS.
+    fn url_prefix(&self) -> &'static str {
+        if self.extra_config.contains("tls_cert") {
+            "https://127.0.0.1:"
+        } else {
+            "http://127.0.0.1:"
+        }
     }
 }
 
@@ -248,7 +169,7 @@ impl Pod {
             .await
             .unwrap_or_else(|e| panic!("Exec {cmd:?}: {e:?}"));
         assert!(
-            url.starts_with(self.url_prefix) && url.contains("/exec/"),
+            url.starts_with(self.url_prefix()) && url.contains("/exec/"),
             "{url}"
         );
         url
@@ -264,7 +185,7 @@ impl Pod {
             .await
             .unwrap_or_else(|e| panic!("Attach: {e:?}"));
         assert!(
-            url.starts_with(self.url_prefix) && url.contains("/attach/"),
+            url.starts_with(self.url_prefix()) && url.contains("/attach/"),
             "{url}"
         );
         url
@@ -292,7 +213,7 @@ impl Pod {
             .await
             .unwrap_or_else(|e| panic!("PortForward: {e:?}"));
         assert!(
-            url.starts_with(self.url_prefix) && url.contains("/portforward/"),
+            url.starts_with(self.url_prefix()) && url.contains("/portforward/"),
             "{url}"
         );
         url

@@ -13,5 +13,6 @@
 pub mod cni;
 pub mod crustd;
 pub mod oci;
+pub mod pod;
 pub mod registry;
 pub mod stream_client;
