@@ -416,6 +416,10 @@ impl SandboxService {
         }
     }
 
+    /// Brings a sandbox up: its network namespace first, then the network (CNI ADD)
+    /// and the pause container at the same time. Neither needs the other: the pause
+    /// process only joins the namespace, which CNI fills in meanwhile; overlapping the
+    /// two is most of what a pod start costs.
     async fn bring_up(
         &self,
         record: &mut SandboxRecord,
@@ -423,28 +427,19 @@ impl SandboxService {
         pause: Option<PauseProcess>,
     ) -> Result<()> {
         let id = record.id.clone();
-        let config = record.config.clone();
-        let meta = record.metadata();
-        let ns = record.namespace_options();
-        let host_network = record.host_network();
-
-        if let Some(netns) = &record.netns {
+        if record.netns.is_some() {
             let dir = self.netns_dir();
             let name = id.clone();
             tokio::task::spawn_blocking(move || crust_cni::netns::NetNs::create(&dir, &name))
                 .await
                 .map_err(|e| step(&id, "network namespace", ErrorKind::Internal, e))?
                 .map_err(|e| step(&id, "network namespace", cni_kind(&e), e))?;
-            let mut pod = PodNetwork::new(id.clone(), netns.clone());
-            pod.namespace = meta.namespace.clone();
-            pod.name = meta.name.clone();
-            pod.uid = meta.uid.clone();
-            pod.port_mappings = port_mappings(&config.port_mappings);
-            let cni = Arc::clone(&self.cni);
-            let result = tokio::task::spawn_blocking(move || cni.setup(&pod))
-                .await
-                .map_err(|e| step(&id, "network setup", ErrorKind::Internal, e))?
-                .map_err(|e| step(&id, "network setup", cni_kind(&e), e))?;
+        }
+        let (network, pid) = tokio::join!(
+            self.network_up(record),
+            self.pause_up(record, runtime, pause)
+        );
+        if let Some(result) = network? {
             record.ip = result
                 .primary_ip()
                 .map(|ip| ip.to_string())
@@ -456,6 +451,45 @@ impl SandboxService {
                 .collect();
             record.cni_result = Some(result.raw().clone());
         }
+        let pid = pid?;
+        record.pid = pid;
+        record.pid_start = liveness::start_time(pid).unwrap_or(0);
+        record.ready_at = Some(now_nanos());
+        record::put(&self.db, record)?;
+        Ok(())
+    }
+
+    /// CNI ADD for the sandbox's network namespace; `None` for host-network pods.
+    async fn network_up(&self, record: &SandboxRecord) -> Result<Option<crust_cni::CniResult>> {
+        let Some(netns) = &record.netns else {
+            return Ok(None);
+        };
+        let id = record.id.clone();
+        let meta = record.metadata();
+        let mut pod = PodNetwork::new(id.clone(), netns.clone());
+        pod.namespace = meta.namespace.clone();
+        pod.name = meta.name.clone();
+        pod.uid = meta.uid.clone();
+        pod.port_mappings = port_mappings(&record.config.port_mappings);
+        let cni = Arc::clone(&self.cni);
+        let result = tokio::task::spawn_blocking(move || cni.setup(&pod))
+            .await
+            .map_err(|e| step(&id, "network setup", ErrorKind::Internal, e))?
+            .map_err(|e| step(&id, "network setup", cni_kind(&e), e))?;
+        Ok(Some(result))
+    }
+
+    /// Writes the pod's files and starts its pause container; the pause's pid.
+    async fn pause_up(
+        &self,
+        record: &SandboxRecord,
+        runtime: &OciRuntime,
+        pause: Option<PauseProcess>,
+    ) -> Result<i32> {
+        let id = record.id.clone();
+        let config = &record.config;
+        let ns = record.namespace_options();
+        let host_network = record.host_network();
 
         let files = self.files(&id);
         files
@@ -559,29 +593,30 @@ impl SandboxService {
             .start(&id)
             .await
             .map_err(|e| step(&id, "pause start", runtime_kind(&e), e))?;
-        let pid: i32 = std::fs::read_to_string(&pid_file)
+        std::fs::read_to_string(&pid_file)
             .ok()
             .and_then(|s| s.trim().parse().ok())
-            .ok_or_else(|| step(&id, "pause start", ErrorKind::Internal, "no pid file"))?;
-        record.pid = pid;
-        record.pid_start = liveness::start_time(pid).unwrap_or(0);
-        record.ready_at = Some(now_nanos());
-        record::put(&self.db, record)?;
-        Ok(())
+            .ok_or_else(|| step(&id, "pause start", ErrorKind::Internal, "no pid file"))
     }
 
-    /// Releases what a sandbox holds: the pause container, the network, the netns,
-    /// shm and (when `files` is set) its files and bundle. Each step is idempotent and
-    /// all are tried; the failures are returned.
-    async fn release(&self, record: &SandboxRecord, files: bool) -> Vec<String> {
+    /// Kills and deletes the pause container and removes its cgroup.
+    async fn pause_down(&self, record: &SandboxRecord) -> Vec<String> {
         let mut errors = Vec::new();
         let id = &record.id;
-        if let Some(runtime) = self.runtimes.get(&record.runtime_handler) {
-            if let Err(e) = runtime.kill(id, libc::SIGKILL, true).await {
-                errors.push(format!("kill pause: {e}"));
-            }
-            // The pause process is gone once kill returns for SIGKILL; delete waits on
-            // the runtime's view of it.
+        let Some(runtime) = self.runtimes.get(&record.runtime_handler) else {
+            return errors;
+        };
+        if let Err(e) = runtime.kill(id, libc::SIGKILL, true).await {
+            errors.push(format!("kill pause: {e}"));
+        }
+        // delete needs the runtime to see the pause gone. Its pidfd says so at once;
+        // asking the runtime is the fallback when the pid is not known to be ours.
+        let waited = record.pid > 0
+            && liveness::alive(record.pid, record.pid_start)
+            && tokio::time::timeout(Duration::from_secs(2), liveness::wait_exit(record.pid))
+                .await
+                .is_ok();
+        if !waited {
             for _ in 0..100 {
                 match runtime.state(id).await {
                     Ok(Some(s))
@@ -594,36 +629,54 @@ impl SandboxService {
                     _ => break,
                 }
             }
-            if let Err(e) = runtime.delete(id, true).await {
-                errors.push(format!("delete pause: {e}"));
-            }
-            if !record.cgroups_path.is_empty() {
-                crust_runtime::stats::cgroup::remove_empty_cgroup(&record.cgroups_path);
-            }
         }
-        if let Some(netns) = &record.netns {
-            let meta = record.metadata();
-            let mut pod = PodNetwork::new(id.clone(), netns.clone());
-            pod.namespace = meta.namespace;
-            pod.name = meta.name;
-            pod.uid = meta.uid;
-            pod.port_mappings = port_mappings(&record.config.port_mappings);
-            let cni = Arc::clone(&self.cni);
-            let netns = netns.clone();
-            let result = tokio::task::spawn_blocking(move || {
-                let teardown = cni
-                    .teardown(&pod)
-                    .map_err(|e| format!("network teardown: {e}"));
-                let remove =
-                    crust_cni::netns::remove(&netns).map_err(|e| format!("network namespace: {e}"));
-                [teardown.err(), remove.err()]
-            })
-            .await;
-            match result {
-                Ok(errs) => errors.extend(errs.into_iter().flatten()),
-                Err(e) => errors.push(format!("network teardown task: {e}")),
-            }
+        if let Err(e) = runtime.delete(id, true).await {
+            errors.push(format!("delete pause: {e}"));
         }
+        if !record.cgroups_path.is_empty() {
+            crust_runtime::stats::cgroup::remove_empty_cgroup(&record.cgroups_path);
+        }
+        errors
+    }
+
+    /// CNI DEL and the network namespace's removal.
+    async fn network_down(&self, record: &SandboxRecord) -> Vec<String> {
+        let Some(netns) = &record.netns else {
+            return Vec::new();
+        };
+        let meta = record.metadata();
+        let mut pod = PodNetwork::new(record.id.clone(), netns.clone());
+        pod.namespace = meta.namespace;
+        pod.name = meta.name;
+        pod.uid = meta.uid;
+        pod.port_mappings = port_mappings(&record.config.port_mappings);
+        let cni = Arc::clone(&self.cni);
+        let netns = netns.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let teardown = cni
+                .teardown(&pod)
+                .map_err(|e| format!("network teardown: {e}"));
+            let remove =
+                crust_cni::netns::remove(&netns).map_err(|e| format!("network namespace: {e}"));
+            [teardown.err(), remove.err()]
+        })
+        .await;
+        match result {
+            Ok(errs) => errs.into_iter().flatten().collect(),
+            Err(e) => vec![format!("network teardown task: {e}")],
+        }
+    }
+
+    /// Releases what a sandbox holds: the pause container, the network, the netns,
+    /// shm and (when `files` is set) its files and bundle. Each step is idempotent and
+    /// all are tried; the failures are returned.
+    async fn release(&self, record: &SandboxRecord, files: bool) -> Vec<String> {
+        // The pause container and the network come down at the same time: neither
+        // needs the other gone first.
+        let (mut errors, network) =
+            tokio::join!(self.pause_down(record), self.network_down(record));
+        errors.extend(network);
+        let id = &record.id;
         let pod_files = self.files(id);
         if let Err(e) = pod_files.unmount_shm() {
             errors.push(format!("unmount shm: {e}"));
