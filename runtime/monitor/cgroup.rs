@@ -8,6 +8,7 @@
 //! is what kubelet shows as `OOMKilled`. The cgroup still exists then: the runtime
 //! removes it at `delete`, after the monitor is done.
 
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
 /// The counter file of one memory cgroup and its value when the watch began.
@@ -22,8 +23,11 @@ impl OomWatch {
     /// memory controller mounted, a kernel without the `oom_kill` counter).
     pub fn of_process(pid: i32) -> Option<OomWatch> {
         let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-        let file = counter_file(&cgroups, &mountinfo)?;
+        // A node's mount table runs to thousands of lines (every container's rootfs,
+        // shm and netns); read it a line at a time so that it never sits in the
+        // monitor's heap, which stays resident for the container's whole life.
+        let mountinfo = std::fs::File::open("/proc/self/mountinfo").ok()?;
+        let file = counter_file(&cgroups, BufReader::with_capacity(4096, mountinfo))?;
         let start = read_oom_kills(&file)?;
         Some(OomWatch { file, start })
     }
@@ -49,7 +53,7 @@ fn oom_kills(text: &str) -> Option<u64> {
 /// The counter file of the memory cgroup named in `cgroups` (a `/proc/<pid>/cgroup`),
 /// found through the mounts in `mountinfo`: v1 when the memory controller is mounted
 /// there, else v2.
-fn counter_file(cgroups: &str, mountinfo: &str) -> Option<PathBuf> {
+fn counter_file(cgroups: &str, mut mountinfo: impl BufRead) -> Option<PathBuf> {
     let mut v1 = None;
     let mut v2 = None;
     for line in cgroups.lines() {
@@ -65,7 +69,16 @@ fn counter_file(cgroups: &str, mountinfo: &str) -> Option<PathBuf> {
             v1 = Some(path);
         }
     }
-    let mounts: Vec<Mount> = mountinfo.lines().filter_map(Mount::parse).collect();
+    let mut mounts = Vec::new();
+    let mut line = String::new();
+    while matches!(mountinfo.read_line(&mut line), Ok(n) if n > 0) {
+        if let Some(mount) = Mount::parse(line.trim_end())
+            && mount.fstype.starts_with("cgroup")
+        {
+            mounts.push(mount);
+        }
+        line.clear();
+    }
     if let Some(path) = v1
         && let Some(mount) = mounts
             .iter()
@@ -157,14 +170,14 @@ mod tests {
     fn v1_memory_controller_wins_in_a_hybrid_setup() {
         let cgroups = "9:name=systemd:/\n4:memory:/crust-test/c1\n1:cpu:/\n0::/crust-test/c1\n";
         assert_eq!(
-            counter_file(cgroups, HYBRID_MOUNTS),
+            counter_file(cgroups, HYBRID_MOUNTS.as_bytes()),
             Some("/sys/fs/cgroup/memory/crust-test/c1/memory.oom_control".into())
         );
         // Memory co-mounted with other controllers.
         let comounted = "12:cpu,memory:/kubepods/pod1/c1\n";
         let mounts = "35 31 0:32 / /sys/fs/cgroup/cpu,memory rw - cgroup cgroup rw,cpu,memory\n";
         assert_eq!(
-            counter_file(comounted, mounts),
+            counter_file(comounted, mounts.as_bytes()),
             Some("/sys/fs/cgroup/cpu,memory/kubepods/pod1/c1/memory.oom_control".into())
         );
     }
@@ -173,15 +186,15 @@ mod tests {
     fn v2_when_there_is_no_memory_controller_line_or_mount() {
         let mounts = "25 22 0:23 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n";
         assert_eq!(
-            counter_file("0::/kubepods/burstable/pod1/c1\n", mounts),
+            counter_file("0::/kubepods/burstable/pod1/c1\n", mounts.as_bytes()),
             Some("/sys/fs/cgroup/kubepods/burstable/pod1/c1/memory.events".into())
         );
         // A v1 line whose hierarchy is not mounted here falls back to v2.
         assert_eq!(
-            counter_file("4:memory:/c1\n0::/c1\n", mounts),
+            counter_file("4:memory:/c1\n0::/c1\n", mounts.as_bytes()),
             Some("/sys/fs/cgroup/c1/memory.events".into())
         );
-        assert_eq!(counter_file("4:memory:/c1\n", mounts), None);
+        assert_eq!(counter_file("4:memory:/c1\n", mounts.as_bytes()), None);
     }
 
     #[test]
@@ -189,15 +202,15 @@ mod tests {
         // A mount of a sub-cgroup (inside a cgroup namespace, or a bind mount).
         let mounts = "41 31 0:38 /outer /sys/fs/cgroup\\040x rw - cgroup2 cgroup2 rw\n";
         assert_eq!(
-            counter_file("0::/outer/c1\n", mounts),
+            counter_file("0::/outer/c1\n", mounts.as_bytes()),
             Some("/sys/fs/cgroup x/c1/memory.events".into())
         );
         assert_eq!(
-            counter_file("0::/outer\n", mounts),
+            counter_file("0::/outer\n", mounts.as_bytes()),
             Some("/sys/fs/cgroup x/memory.events".into())
         );
-        assert_eq!(counter_file("0::/outerwear/c1\n", mounts), None);
-        assert_eq!(counter_file("0::/other\n", mounts), None);
+        assert_eq!(counter_file("0::/outerwear/c1\n", mounts.as_bytes()), None);
+        assert_eq!(counter_file("0::/other\n", mounts.as_bytes()), None);
     }
 
     #[test]
