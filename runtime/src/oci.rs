@@ -191,11 +191,22 @@ impl OciRuntime {
         bundle: &Path,
         opts: &CreateOptions,
     ) -> Result<std::process::Command> {
+        self.bundle_command(&["create"], id, bundle, opts)
+    }
+
+    /// `<verb...> --bundle B --pid-file P [--no-new-keyring] ID`, stdio to /dev/null.
+    fn bundle_command(
+        &self,
+        verb: &[&str],
+        id: &str,
+        bundle: &Path,
+        opts: &CreateOptions,
+    ) -> Result<std::process::Command> {
         validate_id(id)?;
         let bundle = absolute("bundle", bundle)?;
         let pid_file = absolute("pid file", &opts.pid_file)?;
         let mut command = self.command(&bundle.join(LOG_FILE));
-        command.arg("create").arg("--bundle").arg(&bundle);
+        command.args(verb).arg("--bundle").arg(&bundle);
         command.arg("--pid-file").arg(&pid_file);
         if opts.no_new_keyring {
             command.arg("--no-new-keyring");
@@ -209,12 +220,31 @@ impl OciRuntime {
     /// waits for [`OciRuntime::start`].
     pub async fn create(&self, id: &str, bundle: &Path, opts: &CreateOptions) -> Result<()> {
         let command = self.create_command(id, bundle, opts)?;
+        self.bundle_call("create", id, bundle, command).await
+    }
+
+    /// Runs a command made by [`Self::bundle_command`].
+    async fn bundle_call(
+        &self,
+        verb: &'static str,
+        id: &str,
+        bundle: &Path,
+        command: std::process::Command,
+    ) -> Result<()> {
         // Checked here because a runtime that cannot open <bundle>/log.json says why
-        // only on its stderr, which create sends to /dev/null.
+        // only on its stderr, which goes to /dev/null.
         let bundle = absolute("bundle", bundle)?;
         std::fs::read_dir(&bundle).map_err(|err| RuntimeError::io("open bundle", &bundle, err))?;
         let log = CallLog::at(bundle.join(LOG_FILE));
-        self.run("create", id, command, log, false).await.map(drop)
+        self.run(verb, id, command, log, false).await.map(drop)
+    }
+
+    /// Creates and starts container `id` in one runtime call (`run --detach`): for
+    /// containers whose stdio nobody reads, such as the pause, it saves a whole
+    /// runtime invocation on the way to a running pod.
+    pub async fn run_detached(&self, id: &str, bundle: &Path, opts: &CreateOptions) -> Result<()> {
+        let command = self.bundle_command(&["run", "--detach"], id, bundle, opts)?;
+        self.bundle_call("run", id, bundle, command).await
     }
 
     /// Starts the user process of created container `id`.

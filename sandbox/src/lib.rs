@@ -435,10 +435,12 @@ impl SandboxService {
                 .map_err(|e| step(&id, "network namespace", ErrorKind::Internal, e))?
                 .map_err(|e| step(&id, "network namespace", cni_kind(&e), e))?;
         }
-        let (network, pid) = tokio::join!(
-            self.network_up(record),
-            self.pause_up(record, runtime, pause)
+        let start = std::time::Instant::now();
+        let ((network, network_took), (pid, pause_took)) = tokio::join!(
+            async { (self.network_up(record).await, start.elapsed()) },
+            async { (self.pause_up(record, runtime, pause).await, start.elapsed()) }
         );
+        tracing::debug!(sandbox = %id, ?network_took, ?pause_took, "sandbox network and pause up");
         if let Some(result) = network? {
             record.ip = result
                 .primary_ip()
@@ -579,7 +581,7 @@ impl SandboxService {
             .map_err(|e| step(&id, "pause spec", runtime_kind(&e), e))?;
         let pid_file = bundle.join("pid");
         runtime
-            .create(
+            .run_detached(
                 &id,
                 &bundle,
                 &CreateOptions {
@@ -587,10 +589,6 @@ impl SandboxService {
                     no_new_keyring: false,
                 },
             )
-            .await
-            .map_err(|e| step(&id, "pause create", runtime_kind(&e), e))?;
-        runtime
-            .start(&id)
             .await
             .map_err(|e| step(&id, "pause start", runtime_kind(&e), e))?;
         std::fs::read_to_string(&pid_file)
