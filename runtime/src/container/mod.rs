@@ -587,8 +587,6 @@ impl ContainerService {
         {
             std::fs::create_dir_all(parent).map_err(io("create log directory"))?;
         }
-        let linux = record.config.linux.clone().unwrap_or_default();
-        let _ = linux;
         let spawn = MonitorSpawn {
             binary: self.options.monitor_binary.clone(),
             id: id.clone(),
@@ -606,14 +604,18 @@ impl ContainerService {
             stdin: record.config.stdin,
             stdin_once: record.config.stdin_once,
         };
+        let spawned_at = std::time::Instant::now();
         let started = monitor::spawn_monitor(&spawn, runtime.timeout())
             .await
             .map_err(rt(&id, "create"))?;
+        let monitor_took = spawned_at.elapsed();
         record.pid = started.container_pid;
         record.pid_start = liveness::start_time(started.container_pid).unwrap_or(0);
         record.monitor_pid = started.monitor_pid;
         record.monitor_start = liveness::start_time(started.monitor_pid).unwrap_or(0);
+        let stored_at = std::time::Instant::now();
         record::put(&self.db, record)?;
+        tracing::debug!(container = %id, ?monitor_took, store_took = ?stored_at.elapsed(), "container created");
         Ok(())
     }
 
