@@ -651,11 +651,37 @@ fn run_with_timeout(
                     stderr.get_or_insert_with(Vec::new);
                 }
             }
-        } else {
-            std::thread::sleep(wait);
+        } else if !wait_for_exit(&child, deadline - now) {
+            // No pidfd (an old kernel): poll, but briefly, since the output is done
+            // and the exit is near.
+            std::thread::sleep(Duration::from_millis(1));
         }
         pause = (pause * 2).min(Duration::from_millis(20));
     }
+}
+
+/// Blocks until `child` exits or `limit` passes, through a pidfd: a plugin's exit is
+/// what every pod start waits on, so it must be seen at once, not at the next poll.
+/// False when no pidfd could be had.
+fn wait_for_exit(child: &std::process::Child, limit: Duration) -> bool {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, child.id() as libc::pid_t, 0) };
+    if fd < 0 {
+        return false;
+    }
+    // SAFETY: a fresh descriptor that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = limit.as_millis().clamp(1, i32::MAX as u128) as i32;
+    // SAFETY: one valid pollfd for the duration of the call. A pidfd turns readable
+    // when the process exits; EINTR or a timeout just returns to the caller's loop.
+    unsafe { libc::poll(&mut pfd, 1, ms) };
+    true
 }
 
 fn spawn_reader<R: Read + Send + 'static>(

@@ -66,6 +66,29 @@ pub fn install_pause_rootfs(dir: &Path) -> io::Result<PathBuf> {
 }
 
 fn install_binary(path: &Path) -> io::Result<()> {
+    let installed = install_binary_bytes(path);
+    // Comparing or writing it touched every page of the embedded binary; crustd has no
+    // other use for them, so give them back rather than keep them resident for ever.
+    release_pages(PAUSE_BINARY);
+    installed
+}
+
+/// Drops this process's mapping of the whole pages inside `bytes`, which must be
+/// read-only data of the executable: touched again, they are read back from the file.
+fn release_pages(bytes: &[u8]) {
+    // SAFETY: sysconf has no memory effects.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
+    let start = (bytes.as_ptr() as usize).div_ceil(page) * page;
+    let end = (bytes.as_ptr() as usize + bytes.len()) / page * page;
+    if end > start {
+        // SAFETY: the range lies inside `bytes`, a read-only, file-backed mapping of the
+        // executable that is never written, so MADV_DONTNEED only unmaps pages whose
+        // content the file gives back unchanged on the next access.
+        unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED) };
+    }
+}
+
+fn install_binary_bytes(path: &Path) -> io::Result<()> {
     if let Ok(meta) = fs::symlink_metadata(path)
         && meta.is_file()
         && meta.permissions().mode() & 0o7777 == 0o755
