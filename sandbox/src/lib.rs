@@ -669,11 +669,17 @@ impl SandboxService {
     /// shm and (when `files` is set) its files and bundle. Each step is idempotent and
     /// all are tried; the failures are returned.
     async fn release(&self, record: &SandboxRecord, files: bool) -> Vec<String> {
-        // The pause container and the network come down at the same time: neither
-        // needs the other gone first.
-        let (mut errors, network) =
-            tokio::join!(self.pause_down(record), self.network_down(record));
-        errors.extend(network);
+        // A clean stop already took the pause and the network down (stop records
+        // `stopped_at` only then); removal has only the files left to do.
+        let stopped_cleanly = record.stopped_at.is_some() && record.ready_at.is_some();
+        let mut errors = Vec::new();
+        if !stopped_cleanly {
+            // The pause container and the network come down at the same time: neither
+            // needs the other gone first.
+            let (pause, network) = tokio::join!(self.pause_down(record), self.network_down(record));
+            errors.extend(pause);
+            errors.extend(network);
+        }
         let id = &record.id;
         let pod_files = self.files(id);
         if let Err(e) = pod_files.unmount_shm() {
