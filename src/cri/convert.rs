@@ -51,7 +51,8 @@ pub fn sandbox(r: &crust_sandbox::SandboxRecord) -> cri::PodSandbox {
     }
 }
 
-fn sandbox_state(r: &crust_sandbox::SandboxRecord) -> cri::PodSandboxState {
+/// A sandbox record's CRI state.
+pub fn sandbox_state(r: &crust_sandbox::SandboxRecord) -> cri::PodSandboxState {
     if r.is_ready() {
         cri::PodSandboxState::SandboxReady
     } else {

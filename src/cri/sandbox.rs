@@ -124,8 +124,8 @@ impl Cri {
                 .sandboxes
                 .list()
                 .iter()
+                .filter(|r| filter.as_ref().is_none_or(|f| sandbox_matches(r, f)))
                 .map(|r| convert::sandbox(r))
-                .filter(|s| filter.as_ref().is_none_or(|f| sandbox_matches(s, f)))
                 .collect();
             Ok(cri::ListPodSandboxResponse { items })
         })
@@ -133,10 +133,14 @@ impl Cri {
     }
 }
 
-fn sandbox_matches(s: &cri::PodSandbox, f: &cri::PodSandboxFilter) -> bool {
-    (f.id.is_empty() || s.id.starts_with(&f.id))
-        && f.state.as_ref().is_none_or(|st| st.state == s.state)
-        && super::labels_match(&s.labels, &f.label_selector)
+/// Whether a sandbox passes a filter, judged on the record so that only the sandboxes
+/// listed are converted.
+fn sandbox_matches(r: &crust_sandbox::SandboxRecord, f: &cri::PodSandboxFilter) -> bool {
+    (f.id.is_empty() || r.id.starts_with(&f.id))
+        && f.state
+            .as_ref()
+            .is_none_or(|st| st.state == convert::sandbox_state(r) as i32)
+        && super::labels_match(&r.config.labels, &f.label_selector)
 }
 
 /// StopPodSandbox's work: the pod's containers first (kubelet has already given them
