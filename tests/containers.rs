@@ -26,51 +26,6 @@ async fn pod() -> Pod {
 }
 
 impl Pod {
-    fn config(&self, name: &str, cmd: &[&str]) -> cri::ContainerConfig {
-        cri::ContainerConfig {
-            metadata: Some(cri::ContainerMetadata {
-                name: name.into(),
-                attempt: 0,
-            }),
-            image: Some(cri::ImageSpec {
-                image: self.image.clone(),
-                ..Default::default()
-            }),
-            command: cmd.iter().map(|s| s.to_string()).collect(),
-            log_path: format!("{name}/0.log"),
-            labels: HashMap::from([("name".to_string(), name.to_string())]),
-            ..Default::default()
-        }
-    }
-
-    async fn create(&mut self, config: cri::ContainerConfig) -> Result<String, tonic::Status> {
-        self.c
-            .runtime
-            .create_container(cri::CreateContainerRequest {
-                pod_sandbox_id: self.sandbox.clone(),
-                config: Some(config),
-                sandbox_config: Some(self.sandbox_config.clone()),
-            })
-            .await
-            .map(|r| r.into_inner().container_id)
-    }
-
-    async fn start(&mut self, id: &str) {
-        self.c
-            .runtime
-            .start_container(cri::StartContainerRequest {
-                container_id: id.into(),
-            })
-            .await
-            .unwrap();
-    }
-
-    async fn run(&mut self, config: cri::ContainerConfig) -> String {
-        let id = self.create(config).await.unwrap();
-        self.start(&id).await;
-        id
-    }
-
     async fn status(&mut self, id: &str) -> (cri::ContainerStatus, serde_json::Value) {
         let r = self
             .c
@@ -86,21 +41,6 @@ impl Pod {
             r.status.unwrap(),
             serde_json::from_str(&r.info["info"]).unwrap(),
         )
-    }
-
-    async fn wait_exit(&mut self, id: &str) -> cri::ContainerStatus {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let (st, _) = self.status(id).await;
-            if st.state == cri::ContainerState::ContainerExited as i32 {
-                return st;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "container {id} did not exit: {st:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
     }
 
     /// The container's log as (stream, tag, text) records.

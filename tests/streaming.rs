@@ -5,7 +5,6 @@
 
 mod support;
 
-use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -69,49 +68,6 @@ fn attach_request(id: &str, s: Streams) -> cri::AttachRequest {
 }
 
 impl Pod {
-    fn config(&self, name: &str, cmd: &[&str]) -> cri::ContainerConfig {
-        cri::ContainerConfig {
-            metadata: Some(cri::ContainerMetadata {
-                name: name.into(),
-                attempt: 0,
-            }),
-            image: Some(cri::ImageSpec {
-                image: self.image.clone(),
-                ..Default::default()
-            }),
-            command: cmd.iter().map(|s| s.to_string()).collect(),
-            log_path: format!("{name}/0.log"),
-            labels: HashMap::from([("name".to_string(), name.to_string())]),
-            ..Default::default()
-        }
-    }
-
-    async fn create(&mut self, config: cri::ContainerConfig) -> String {
-        self.c
-            .runtime
-            .create_container(cri::CreateContainerRequest {
-                pod_sandbox_id: self.sandbox.clone(),
-                config: Some(config),
-                sandbox_config: Some(self.sandbox_config.clone()),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .container_id
-    }
-
-    async fn run(&mut self, config: cri::ContainerConfig) -> String {
-        let id = self.create(config).await;
-        self.c
-            .runtime
-            .start_container(cri::StartContainerRequest {
-                container_id: id.clone(),
-            })
-            .await
-            .unwrap();
-        id
-    }
-
     /// A container that only sleeps, to exec into.
     async fn idle(&mut self, name: &str) -> String {
         self.run(self.config(name, &["sleep", "100000"])).await
@@ -129,21 +85,6 @@ impl Pod {
             .into_inner()
             .status
             .unwrap()
-    }
-
-    async fn wait_exit(&mut self, id: &str) -> cri::ContainerStatus {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let st = self.status(id).await;
-            if st.state == cri::ContainerState::ContainerExited as i32 {
-                return st;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "container {id} did not exit: {st:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
     }
 
     async fn exec_sync(&mut self, id: &str, cmd: &[&str]) -> cri::ExecSyncResponse {
@@ -983,7 +924,7 @@ async fn exec_attach_and_port_forward_requests_are_validated() {
         .await;
     assert_eq!(code(r), Code::InvalidArgument);
 
-    let created = p.create(p.config("created", &["true"])).await;
+    let created = p.create(p.config("created", &["true"])).await.unwrap();
     let r = p
         .try_exec(exec_request(&created, &["true"], Streams::OUTPUT))
         .await;

@@ -1,8 +1,10 @@
 //! The start of most container tests: a daemon with a private network, a registry on
 //! loopback holding an image the daemon has pulled, and one running pod.
 
+use std::collections::HashMap;
 use std::fs;
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use crust_proto::cri;
 
@@ -113,6 +115,83 @@ impl TestPod {
             logs,
             extra_config: extra.to_string(),
             cgroups: CgroupParent(cgroup_parent),
+        }
+    }
+
+    /// A container config for the pulled image: `cmd`, a log at `NAME/0.log`, the
+    /// label `name=NAME`.
+    pub fn config(&self, name: &str, cmd: &[&str]) -> cri::ContainerConfig {
+        cri::ContainerConfig {
+            metadata: Some(cri::ContainerMetadata {
+                name: name.into(),
+                attempt: 0,
+            }),
+            image: Some(cri::ImageSpec {
+                image: self.image.clone(),
+                ..Default::default()
+            }),
+            command: cmd.iter().map(|s| s.to_string()).collect(),
+            log_path: format!("{name}/0.log"),
+            labels: HashMap::from([("name".to_string(), name.to_string())]),
+            ..Default::default()
+        }
+    }
+
+    /// CreateContainer in the pod.
+    pub async fn create(&mut self, config: cri::ContainerConfig) -> Result<String, tonic::Status> {
+        self.c
+            .runtime
+            .create_container(cri::CreateContainerRequest {
+                pod_sandbox_id: self.sandbox.clone(),
+                config: Some(config),
+                sandbox_config: Some(self.sandbox_config.clone()),
+            })
+            .await
+            .map(|r| r.into_inner().container_id)
+    }
+
+    /// StartContainer, which must succeed.
+    pub async fn start(&mut self, id: &str) {
+        self.c
+            .runtime
+            .start_container(cri::StartContainerRequest {
+                container_id: id.into(),
+            })
+            .await
+            .unwrap();
+    }
+
+    /// Creates and starts a container; its id.
+    pub async fn run(&mut self, config: cri::ContainerConfig) -> String {
+        let id = self.create(config).await.unwrap();
+        self.start(&id).await;
+        id
+    }
+
+    /// Waits (up to 20 s) for the container to have exited; its status then.
+    pub async fn wait_exit(&mut self, id: &str) -> cri::ContainerStatus {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let st = self
+                .c
+                .runtime
+                .container_status(cri::ContainerStatusRequest {
+                    container_id: id.into(),
+                    verbose: false,
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .status
+                .unwrap();
+            if st.state == cri::ContainerState::ContainerExited as i32 {
+                return st;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "container {id} did not exit: {st:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 }
