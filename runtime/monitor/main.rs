@@ -205,8 +205,9 @@ fn bind_attach_socket(path: &Path) -> std::io::Result<UnixListener> {
     }
     // The mode comes from the umask at bind; single-threaded, so setting it around
     // the bind affects nothing else.
+    let short = crust_runtime::monitor::SocketPath::new(path)?;
     let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
-    let bound = UnixListener::bind(path);
+    let bound = UnixListener::bind(short.path());
     nix::sys::stat::umask(old);
     let listener = bound?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;

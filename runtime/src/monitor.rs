@@ -408,9 +408,56 @@ pub fn read_exit_file(path: &Path) -> Option<ExitStatus> {
 /// ([`read_frame`], [`write_frame`]): the container's output from now on, then its
 /// exit; stdin, resizes and log reopening the other way.
 pub async fn attach(attach_socket: &Path) -> Result<tokio::net::UnixStream> {
-    tokio::net::UnixStream::connect(attach_socket)
+    let short = SocketPath::new(attach_socket)
+        .map_err(|err| RuntimeError::io("connect to monitor", attach_socket, err))?;
+    tokio::net::UnixStream::connect(short.path())
         .await
         .map_err(|err| RuntimeError::io("connect to monitor", attach_socket, err))
+}
+
+/// A unix socket's path made short enough for `sun_path` (108 bytes): a long one is
+/// reached through `/proc/self/fd/N/NAME`, N being its directory held open here, so
+/// that a deep state directory does not make sockets impossible.
+pub struct SocketPath {
+    _dir: Option<OwnedFd>,
+    path: PathBuf,
+}
+
+impl SocketPath {
+    /// Longest path used as it is (sun_path, with room for the NUL).
+    const MAX: usize = 100;
+
+    /// `path` itself when short, else the same socket through its open directory.
+    pub fn new(path: &Path) -> std::io::Result<SocketPath> {
+        use std::os::unix::ffi::OsStrExt;
+        if path.as_os_str().as_bytes().len() <= Self::MAX {
+            return Ok(SocketPath {
+                _dir: None,
+                path: path.to_path_buf(),
+            });
+        }
+        let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "socket path has no directory",
+            ));
+        };
+        let fd = rustix::fs::open(
+            dir,
+            rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )?;
+        let short = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd())).join(name);
+        Ok(SocketPath {
+            _dir: Some(fd),
+            path: short,
+        })
+    }
+
+    /// The path to bind or connect to while this lives.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
 }
 
 /// Has the monitor close and reopen the container's log file (kubelet renamed it to

@@ -493,6 +493,37 @@ async fn stdin_reaches_the_container_through_attach() {
 }
 
 #[tokio::test]
+async fn an_attach_socket_deeper_than_sun_path_still_works() {
+    become_subreaper();
+    let mut c = container("deep", json!({"args": ["/bin/cat"]}), json!({}));
+    // A state directory deep enough that the socket's path passes sun_path's 108 bytes.
+    let deep = c.dir.path().join("a".repeat(60)).join("b".repeat(60));
+    c.attach_socket = deep.join("attach");
+    assert!(c.attach_socket.as_os_str().len() > 108);
+    c.create(|spawn| spawn.stdin = true).await;
+    assert!(c.attach_socket.exists());
+    let mut client = attach(&c.attach_socket).await.unwrap();
+    c.start().await;
+    write_frame(&mut client, FrameKind::Stdin, b"deep\n")
+        .await
+        .unwrap();
+    write_frame(&mut client, FrameKind::CloseStdin, &[])
+        .await
+        .unwrap();
+    let mut output = Vec::new();
+    loop {
+        let frame = read_frame(&mut client).await.unwrap().unwrap();
+        match frame.kind {
+            FrameKind::Stdout => output.extend_from_slice(&frame.payload),
+            FrameKind::Exit => break,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(output, b"deep\n");
+    assert_eq!(c.wait_exit().await.exit_code, 0);
+}
+
+#[tokio::test]
 async fn stdin_once_closes_stdin_when_its_writer_leaves() {
     become_subreaper();
     let mut c = container("once", json!({"args": ["/bin/cat"]}), json!({}));
