@@ -309,6 +309,19 @@ async fn wait_for_log(path: &Path, text: &str) {
     }
 }
 
+/// An attach client's stdout up to the exit frame, and the exit code it carries.
+async fn stdout_until_exit(client: &mut tokio::net::UnixStream) -> (Vec<u8>, Option<i32>) {
+    let mut output = Vec::new();
+    loop {
+        let frame = read_frame(client).await.unwrap().unwrap();
+        match frame.kind {
+            FrameKind::Stdout => output.extend_from_slice(&frame.payload),
+            FrameKind::Exit => return (output, parse_exit_payload(&frame.payload)),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
 fn now_ns() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -436,15 +449,7 @@ async fn a_terminal_container_logs_through_its_pty() {
     assert_eq!((ack.kind, ack.payload.len()), (FrameKind::Ack, 0));
 
     c.start().await;
-    let mut output = Vec::new();
-    let exit = loop {
-        let frame = read_frame(&mut client).await.unwrap().unwrap();
-        match frame.kind {
-            FrameKind::Stdout => output.extend_from_slice(&frame.payload),
-            FrameKind::Exit => break parse_exit_payload(&frame.payload),
-            other => panic!("unexpected {other:?}"),
-        }
-    };
+    let (output, exit) = stdout_until_exit(&mut client).await;
     assert_eq!(exit, Some(0));
     assert_eq!(String::from_utf8_lossy(&output), "40 100\r\ntty-hello\r\n");
     assert_eq!(read_frame(&mut client).await.unwrap(), None);
@@ -473,15 +478,7 @@ async fn stdin_reaches_the_container_through_attach() {
     write_frame(&mut client, FrameKind::CloseStdin, &[])
         .await
         .unwrap();
-    let mut output = Vec::new();
-    let exit = loop {
-        let frame = read_frame(&mut client).await.unwrap().unwrap();
-        match frame.kind {
-            FrameKind::Stdout => output.extend_from_slice(&frame.payload),
-            FrameKind::Exit => break parse_exit_payload(&frame.payload),
-            other => panic!("unexpected {other:?}"),
-        }
-    };
+    let (output, exit) = stdout_until_exit(&mut client).await;
     assert_eq!(output, b"hello\n");
     assert_eq!(exit, Some(0));
     let status = c.wait_exit().await;
@@ -510,16 +507,9 @@ async fn an_attach_socket_deeper_than_sun_path_still_works() {
     write_frame(&mut client, FrameKind::CloseStdin, &[])
         .await
         .unwrap();
-    let mut output = Vec::new();
-    loop {
-        let frame = read_frame(&mut client).await.unwrap().unwrap();
-        match frame.kind {
-            FrameKind::Stdout => output.extend_from_slice(&frame.payload),
-            FrameKind::Exit => break,
-            other => panic!("unexpected {other:?}"),
-        }
-    }
+    let (output, exit) = stdout_until_exit(&mut client).await;
     assert_eq!(output, b"deep\n");
+    assert_eq!(exit, Some(0));
     assert_eq!(c.wait_exit().await.exit_code, 0);
 }
 

@@ -124,7 +124,7 @@ fn plain(status: StatusCode, text: impl Into<String>) -> Response<Body> {
 }
 
 /// Every value of a header that may repeat and hold comma-separated lists.
-fn offered(headers: &HeaderMap, name: &str) -> Vec<String> {
+pub fn offered(headers: &HeaderMap, name: &str) -> Vec<String> {
     headers
         .get_all(name)
         .iter()

@@ -81,14 +81,7 @@ pub fn upgrade(
         );
     }
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
-    let mut offers: Vec<String> = headers
-        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|v| v.trim().to_string())
-        .filter(|v| !v.is_empty())
-        .collect();
+    let mut offers = super::http::offered(headers, header::SEC_WEBSOCKET_PROTOCOL.as_str());
     if offers.is_empty() {
         offers.push(String::new());
     }
