@@ -1,54 +1,79 @@
 #!/usr/bin/env bash
-# Builds crust from this checkout, installs it and starts crustd, on a fresh Debian or
-# Ubuntu machine. Run as root. Safe to run again (upgrades in place, keeps the config).
+# Builds crust from this checkout, installs it, starts crustd and proves it works by
+# running a pod whose container prints a line. For a fresh Debian 12+ or Ubuntu 22.04+
+# machine, as root (or through sudo). Run again to upgrade in place: the configuration,
+# the images and the running pods are kept.
+#
+# Environment:
+#   PREFIX             where the binaries go (default /usr/local: /usr/local/bin)
+#   CRUST_PROFILE      the cargo profile to build (default release)
+#   CRUST_SMOKE_IMAGE  the image of the proving pod (default docker.io/library/busybox:1.36)
+#   CRUST_SMOKE=0      skip the proving pod (a machine that reaches no registry)
 set -euo pipefail
+. "$(dirname "$0")/common.sh"
+require_root "$@"
 cd "$(dirname "$0")/.."
 
-export DEBIAN_FRONTEND=noninteractive
-apt-get update -qq
-apt-get install -y -qq --no-install-recommends \
-  build-essential pkg-config protobuf-compiler curl ca-certificates \
-  runc containernetworking-plugins iptables iproute2
+PREFIX=${PREFIX:-/usr/local}
+BINDIR=$PREFIX/bin
+PROFILE=${CRUST_PROFILE:-release}
+SMOKE_IMAGE=${CRUST_SMOKE_IMAGE:-docker.io/library/busybox:1.36}
 
-if ! command -v cargo >/dev/null 2>&1; then
-  if [ ! -x "$HOME/.cargo/bin/cargo" ]; then
-    curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal
-  fi
-  export PATH="$HOME/.cargo/bin:$PATH"
-fi
+ensure_packages build-essential pkg-config protobuf-compiler ca-certificates \
+  runc containernetworking-plugins iptables
+ensure_cargo
 
-cargo build --release --locked --bin crustd --bin crust-monitor
-install -D -m 0755 target/release/crustd /usr/local/bin/crustd
-install -D -m 0755 target/release/crust-monitor /usr/local/bin/crust-monitor
+echo "building crust ($PROFILE)"
+built=$(build_binaries "$PROFILE")
+
+# Each binary is replaced by a rename, so a running crustd or crust-monitor keeps the
+# file it started from and the next start takes the new one.
+install -d -m 0755 "$BINDIR"
+for bin in "${CRUST_BINARIES[@]}"; do
+  install -m 0755 "$built/$bin" "$BINDIR/.$bin.new"
+  mv -f "$BINDIR/.$bin.new" "$BINDIR/$bin"
+done
+ln -sfn crustd "$BINDIR/crust"
 
 install -d -m 0755 /etc/crust /etc/crust/certs.d
-[ -f /etc/crust/config.toml ] || /usr/local/bin/crustd config default > /etc/crust/config.toml
-/usr/local/bin/crustd --config /etc/crust/config.toml config check > /dev/null
+if [ ! -f /etc/crust/config.toml ]; then
+  (umask 0077 && "$BINDIR/crustd" config default > /etc/crust/config.toml)
+fi
+"$BINDIR/crustd" --config /etc/crust/config.toml config check > /dev/null
 
-# A node network for pods unless one is configured already.
+# A node network for pods, unless one is configured already.
 install -d -m 0755 /etc/cni/net.d
 if ! ls /etc/cni/net.d/*.conf /etc/cni/net.d/*.conflist /etc/cni/net.d/*.json >/dev/null 2>&1; then
   install -m 0644 packaging/10-crust-bridge.conflist /etc/cni/net.d/
 fi
 
-if [ "$(cat /proc/1/comm 2>/dev/null)" = systemd ]; then
-  install -m 0644 packaging/crustd.service /etc/systemd/system/crustd.service
+# A restart touches only the daemon: containers outlive it and are adopted again.
+if have_systemd; then
+  render packaging/crustd.service "$BINDIR" /etc/systemd/system/crustd.service 0644
   systemctl daemon-reload
-  systemctl enable crustd
+  systemctl enable --quiet crustd
   systemctl restart crustd
 else
-  # No systemd (containers, minimal VMs): run it detached, logging to a file.
-  if [ -f /run/crustd.pid ] && kill -0 "$(cat /run/crustd.pid)" 2>/dev/null; then
-    kill "$(cat /run/crustd.pid)"
-    while kill -0 "$(cat /run/crustd.pid)" 2>/dev/null; do sleep 0.1; done
+  render packaging/crustd.init "$BINDIR" /etc/init.d/crustd 0755
+  if command -v update-rc.d >/dev/null 2>&1; then
+    update-rc.d crustd defaults >/dev/null 2>&1 || true
   fi
-  setsid /usr/local/bin/crustd --config /etc/crust/config.toml >> /var/log/crustd.log 2>&1 < /dev/null &
-  echo $! > /run/crustd.pid
+  /etc/init.d/crustd restart
 fi
+wait_for_crustd "$BINDIR"
+socket=$("$BINDIR/crustd" --config /etc/crust/config.toml config get listen)
+echo "crustd is running on unix://$socket"
 
-for _ in $(seq 1 100); do
-  [ -S /run/crust/crust.sock ] && break
-  sleep 0.1
-done
-[ -S /run/crust/crust.sock ] || { echo "crustd did not start; see its log" >&2; exit 1; }
-echo "crustd is running on unix:///run/crust/crust.sock"
+if [ "${CRUST_SMOKE:-1}" != 0 ]; then
+  echo "proving it: a pod running $SMOKE_IMAGE"
+  line=$("$BINDIR/crust" run --name crust-install-check "$SMOKE_IMAGE" -- echo "hello from a crust pod") || {
+    echo "the proving pod failed; set CRUST_SMOKE_IMAGE to an image a reachable registry has, or CRUST_SMOKE=0" >&2
+    exit 1
+  }
+  [ "$line" = "hello from a crust pod" ] || {
+    echo "the proving pod printed '$line'" >&2
+    exit 1
+  }
+  echo "a pod ran: $line"
+fi
+echo "try: crust version; crust pods; crust run busybox -- uname -a"

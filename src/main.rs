@@ -2,6 +2,7 @@
 
 mod config;
 mod cri;
+mod ctl;
 mod metrics;
 mod server;
 mod streaming;
@@ -48,6 +49,19 @@ enum Command {
         #[command(subcommand)]
         what: ConfigCommand,
     },
+    /// A small CRI client (also installed as `crust`): version, pods, ps, images, pull, run, ...
+    Ctl(ctl::CtlArgs),
+}
+
+/// crust: a small client of crustd's CRI socket (`crustd ctl` under another name).
+#[derive(Parser, Debug)]
+#[command(name = "crust", version)]
+struct CtlCli {
+    /// Configuration file whose `listen` names the socket [default: /etc/crust/config.toml].
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    args: ctl::CtlArgs,
 }
 
 #[derive(Subcommand, Debug)]
@@ -56,6 +70,12 @@ enum ConfigCommand {
     Default,
     /// Check a configuration file (with flags applied) and print the result.
     Check,
+    /// Print one setting (root, state or listen), for scripts.
+    Get {
+        /// The key.
+        #[arg(value_parser = ["root", "state", "listen"])]
+        key: String,
+    },
 }
 
 fn load_config(cli: &Cli) -> anyhow::Result<Config> {
@@ -106,13 +126,48 @@ fn init_logging(config: &Config) {
     }
 }
 
+/// The socket named by the configuration file (or the default one), for the client.
+fn configured_socket(config: Option<&PathBuf>) -> anyhow::Result<PathBuf> {
+    let (path, required) = match config {
+        Some(p) => (p.clone(), true),
+        None => (PathBuf::from(config::DEFAULT_CONFIG_PATH), false),
+    };
+    Ok(Config::load(&path, required)?.listen)
+}
+
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    match &cli.command {
+    // Installed as a link named `crust`, the binary is the client.
+    let invoked_as = std::env::args_os().next().map(PathBuf::from);
+    if invoked_as.as_deref().and_then(|p| p.file_name()) == Some("crust".as_ref()) {
+        let cli = CtlCli::parse();
+        let socket = configured_socket(cli.config.as_ref())?;
+        std::process::exit(ctl::main(cli.args, socket)?);
+    }
+    let mut cli = Cli::parse();
+    match cli.command.take() {
+        Some(Command::Ctl(args)) => {
+            let socket = match &cli.listen {
+                Some(listen) => listen.clone(),
+                None => configured_socket(cli.config.as_ref())?,
+            };
+            std::process::exit(ctl::main(args, socket)?);
+        }
         Some(Command::Config {
             what: ConfigCommand::Default,
         }) => {
             print!("{}", config::DEFAULT_CONFIG_TOML);
+            return Ok(());
+        }
+        Some(Command::Config {
+            what: ConfigCommand::Get { key },
+        }) => {
+            let config = load_config(&cli)?;
+            let value = match key.as_str() {
+                "root" => &config.root,
+                "state" => &config.state,
+                _ => &config.listen,
+            };
+            println!("{}", value.display());
             return Ok(());
         }
         Some(Command::Config {
