@@ -58,6 +58,7 @@ Description: Kubernetes CRI container runtime
 CONTROL
 
 mkdir -p "$out"
+out=$(cd "$out" && pwd)
 deb="$out/crust_${version}_${arch}.deb"
 dpkg-deb --root-owner-group -Z"${CRUST_DEB_COMPRESSION:-xz}" --build "$root" "$deb" >/dev/null
 echo "$deb"

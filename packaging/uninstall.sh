@@ -66,7 +66,9 @@ if [ -f /etc/cni/net.d/10-crust-bridge.conflist ] && cmp -s "$here/10-crust-brid
   ip link delete crust0 2>/dev/null || true
 fi
 
-# Anything still mounted under crust's directories is a leak: say so, and undo it.
+# crustd keeps its netns directory a mount point of its own (as `ip netns` does); any
+# other mount still under crust's directories is a leak: say so, and undo it.
+umount "$state/netns" 2>/dev/null || true
 leaks=$(awk -v r="$root/" -v s="$state/" 'index($5, r) == 1 || index($5, s) == 1 { print $5 }' /proc/self/mountinfo | sort -r)
 if [ -n "$leaks" ]; then
   echo "unmounting what crust left mounted:" >&2
@@ -75,7 +77,11 @@ if [ -n "$leaks" ]; then
 fi
 
 if [ $purge = 1 ]; then
-  rm -rf "$root" "$state" /etc/crust /var/log/crustd.log /run/crustd.pid
+  # The contents, then the directory: it may be a mount point of its own.
+  for d in "$root" "$state"; do
+    [ -d "$d" ] && find "$d" -mindepth 1 -delete && { rmdir "$d" 2>/dev/null || true; }
+  done
+  rm -rf /etc/crust /var/log/crustd.log /run/crustd.pid
   rm -rf /var/lib/cni/networks/crust
   echo "crust removed, with its data"
 else

@@ -20,6 +20,9 @@ check_clean() {
   return 0
 }
 
+# Absent, or (a mount point of the copy's) with nothing in it.
+empty() { [ ! -e "$1" ] || [ -z "$(ls -A "$1")" ]; }
+
 case "$1" in
 install)
   git clone -q /src /tmp/crust
@@ -45,7 +48,7 @@ install)
   ./packaging/uninstall.sh --purge
   check_clean
   [ ! -e /usr/local/bin/crustd ] && [ ! -e /usr/local/bin/crust ] || fail "binaries left"
-  [ ! -e /var/lib/crust ] && [ ! -e /etc/crust ] || fail "data left after --purge"
+  empty /var/lib/crust && [ ! -e /etc/crust ] || fail "data left after --purge"
   ;;
 deb)
   deb=$2
@@ -60,7 +63,7 @@ deb)
   DEBIAN_FRONTEND=noninteractive apt-get purge -y -qq crust > /tmp/apt.log 2>&1 ||
     { cat /tmp/apt.log; fail "apt purge"; }
   check_clean
-  [ ! -e /usr/bin/crustd ] && [ ! -e /etc/crust ] && [ ! -e /var/lib/crust ] || fail "files left after purge"
+  [ ! -e /usr/bin/crustd ] && [ ! -e /etc/crust ] && empty /var/lib/crust || fail "files left after purge"
   ;;
 *)
   fail "unknown scenario $1"
