@@ -55,7 +55,7 @@ deb)
   command -v cargo >/dev/null && fail "cargo is visible: this is not a machine without Rust"
   # A normal machine lets packages start their daemons; this one's image says no.
   rm -f /usr/sbin/policy-rc.d
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-download "$deb" > /tmp/apt.log 2>&1 ||
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$deb" > /tmp/apt.log 2>&1 ||
     { cat /tmp/apt.log; fail "apt install"; }
   crust version | grep -q "RuntimeName:  crust" || fail "crustd does not answer after apt install"
   [ "$(crust run "$image" -- echo hello from a deb)" = "hello from a deb" ] || fail "a pod from the deb"
