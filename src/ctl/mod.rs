@@ -133,6 +133,18 @@ impl Client {
         )
     }
 
+    async fn container_status(&mut self, id: &str) -> anyhow::Result<cri::ContainerStatus> {
+        self.runtime
+            .container_status(cri::ContainerStatusRequest {
+                container_id: id.to_string(),
+                verbose: false,
+            })
+            .await?
+            .into_inner()
+            .status
+            .with_context(|| format!("container {id} has no status"))
+    }
+
     async fn pods(&mut self) -> anyhow::Result<Vec<cri::PodSandbox>> {
         Ok(self
             .runtime
@@ -370,16 +382,7 @@ async fn dispatch(c: &mut Client, command: CtlCommand) -> anyhow::Result<i32> {
         }
         CtlCommand::Logs { container } => {
             let id = c.container_id(&container).await?;
-            let status = c
-                .runtime
-                .container_status(cri::ContainerStatusRequest {
-                    container_id: id.clone(),
-                    verbose: false,
-                })
-                .await?
-                .into_inner()
-                .status
-                .with_context(|| format!("container {id} has no status"))?;
+            let status = c.container_status(&id).await?;
             run::print_log(std::path::Path::new(&status.log_path))?;
         }
         CtlCommand::Rmp { pods, all } => {

@@ -158,16 +158,7 @@ async fn run_in(
     let interrupted = tokio::signal::ctrl_c();
     tokio::pin!(interrupted);
     loop {
-        let status = c
-            .runtime
-            .container_status(cri::ContainerStatusRequest {
-                container_id: id.clone(),
-                verbose: false,
-            })
-            .await?
-            .into_inner()
-            .status
-            .with_context(|| format!("container {id} has no status"))?;
+        let status = c.container_status(&id).await?;
         let exited = status.state == cri::ContainerState::ContainerExited as i32;
         tail.print_new()?;
         if exited {
