@@ -1,5 +1,6 @@
-//! The front door: the README's install command, the Debian package and the uninstall
-//! path, each run as a new user would on a throwaway copy of this machine
+//! The front door: the README's install command (`packaging/install.sh`), the Debian
+//! package (`packaging/build-deb.sh`) and `packaging/uninstall.sh`, each run as a new
+//! user would (the steps are in tests/setup/scenario.sh) on a throwaway copy of this machine
 //! (tests/setup/throwaway.sh), against a registry on the copy's loopback that holds a
 //! busybox image. A renamed binary or package, or a step that stops working, fails here.
 
