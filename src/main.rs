@@ -181,6 +181,10 @@ fn main() -> anyhow::Result<()> {
     }
     let config = load_config(&cli)?;
     init_logging(&config);
+    // Private by default, whoever started us (the systemd unit sets the same): the
+    // store, bundles and writable layers hold secrets and setuid binaries. What
+    // containers must reach gets its mode explicitly (crust_runtime::fsmode).
+    crust_runtime::fsmode::set_daemon_umask();
     // Pause processes and monitors outlive the processes that started them; as a
     // subreaper crustd inherits them (and reaps them when they end) instead of an init
     // that may not reap at all.
@@ -200,8 +204,13 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn serve(config: Arc<Config>) -> anyhow::Result<()> {
-    for dir in [&config.root, &config.state] {
-        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    // The root holds nothing another user may see: 0700. The state directory is 0711
+    // as containerd makes /run/containerd: the CRI socket lives there by default and
+    // its own mode (0660) decides who may connect, so others may pass through without
+    // listing; everything below it is 0700 (the umask).
+    for (dir, mode) in [(&config.root, 0o700), (&config.state, 0o711)] {
+        crust_runtime::fsmode::private_dir(dir, mode)
+            .with_context(|| format!("create {}", dir.display()))?;
     }
     let listener = server::bind(&config.listen).await?;
     let metrics = Arc::new(metrics::Metrics::new());
@@ -255,12 +264,18 @@ async fn serve(config: Arc<Config>) -> anyhow::Result<()> {
 async fn recover(config: Arc<Config>, streaming_url: String) -> anyhow::Result<cri::Services> {
     let db_path = config.root.join("crust.redb");
     let db = tokio::task::spawn_blocking(move || {
-        redb::Database::create(&db_path).with_context(|| {
+        let db = redb::Database::create(&db_path).with_context(|| {
             format!(
                 "open metadata store {} (is another crustd using this root?)",
                 db_path.display()
             )
-        })
+        })?;
+        // Container environments (secrets) are in there; an older crustd may have
+        // created it 0644.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&db_path, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("chmod {}", db_path.display()))?;
+        anyhow::Ok(db)
     })
     .await??;
     let db = Arc::new(db);

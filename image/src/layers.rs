@@ -49,6 +49,17 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Creates `dir` with mode 0700, also tightening one that exists. Layers carry setuid
+/// binaries and device nodes; a host user who could reach them could run or open them
+/// (CVE-2021-41091). Containers never walk these paths: overlayfs reaches its layers
+/// with the mounter's (root's) credentials.
+pub(crate) fn private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::create_dir_all(dir)
+        .and_then(|()| fs::set_permissions(dir, fs::Permissions::from_mode(0o700)))
+        .map_err(|e| ImageError::io(format!("create {}", dir.display()), e))
+}
+
 fn hex_of(diff_id: &str) -> &str {
     diff_id.strip_prefix("sha256:").unwrap_or(diff_id)
 }
@@ -56,8 +67,7 @@ fn hex_of(diff_id: &str) -> &str {
 impl LayerStore {
     /// Opens the store in `dir`, removing what an interrupted unpack or delete left.
     pub fn open(dir: PathBuf, db: Arc<Database>) -> Result<Self> {
-        fs::create_dir_all(&dir)
-            .map_err(|e| ImageError::io(format!("create {}", dir.display()), e))?;
+        private_dir(&dir)?;
         let mut layers = HashMap::new();
         {
             let txn = db.begin_write()?;

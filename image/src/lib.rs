@@ -94,6 +94,7 @@ impl ImageService {
         let refs: Vec<&str> = broken.iter().map(String::as_str).collect();
         store::write(&db, &[], &refs)?;
         let pins = rootfs::load(&db)?;
+        layers::private_dir(&root.join("containers"))?;
         let service = ImageService {
             pins: std::sync::Mutex::new(pins),
             containers_dir: root.join("containers"),
@@ -364,6 +365,15 @@ impl ImageService {
         for d in [&upper, &work] {
             std::fs::create_dir_all(d)
                 .map_err(|e| ImageError::io(format!("create {}", d.display()), e))?;
+        }
+        // The upper directory's attributes are those of the container's `/`: 0755 as
+        // containerd's snapshotter makes it, so containers running as any user can
+        // walk their rootfs. Its parent (`containers/<id>`) stays 0700: overlayfs
+        // reaches it with root's credentials, host users cannot.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&upper, std::fs::Permissions::from_mode(0o755))
+                .map_err(|e| ImageError::io(format!("chmod {}", upper.display()), e))?;
         }
         let lower: Vec<PathBuf> = pin
             .diff_ids

@@ -114,7 +114,11 @@ pub(crate) fn mount_overlay(options: &str, target: &Path) -> std::io::Result<()>
         "overlay",
         target,
         "overlay",
-        MountFlags::empty(),
+        // nodev as CRI-O's storage mounts it: device nodes in layers (or made with
+        // CAP_MKNOD inside) cannot be opened through the rootfs; /dev is a tmpfs of the
+        // runtime's. Not nosuid: setuid binaries inside containers (ping, sudo) must
+        // keep working, as on containerd; host users cannot reach them (0700 parents).
+        MountFlags::NODEV,
         options.as_c_str(),
     )
     .map_err(std::io::Error::from)

@@ -15,6 +15,7 @@
 pub mod console;
 pub mod container;
 pub mod error;
+pub mod fsmode;
 pub mod liveness;
 pub mod monitor;
 pub mod oci;

@@ -347,6 +347,7 @@ impl OciRuntime {
             .env_remove("NOTIFY_SOCKET")
             .stdin(Stdio::null())
             .process_group(0);
+        crate::fsmode::with_runtime_umask(&mut command);
         command
     }
 

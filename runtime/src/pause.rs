@@ -34,6 +34,9 @@ pub fn install_pause_rootfs(dir: &Path) -> io::Result<PathBuf> {
         .recursive(true)
         .mode(0o755)
         .create(&rootfs)?;
+    // The pause process runs as 65535: the root of its filesystem must be open to it
+    // whatever crustd's umask (0077) made of the mode above.
+    fs::set_permissions(&rootfs, fs::Permissions::from_mode(0o755))?;
     for name in MOUNTPOINT_DIRS {
         match fs::DirBuilder::new().mode(0o755).create(rootfs.join(name)) {
             Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {
@@ -44,6 +47,7 @@ pub fn install_pause_rootfs(dir: &Path) -> io::Result<PathBuf> {
             }
             other => other?,
         }
+        fs::set_permissions(rootfs.join(name), fs::Permissions::from_mode(0o755))?;
     }
     for name in MOUNTPOINT_FILES {
         let path = rootfs.join(name);

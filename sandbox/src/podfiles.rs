@@ -154,9 +154,24 @@ fn default_hosts(hostname: &str) -> String {
     s
 }
 
+/// Writes `path` through a temporary file and a rename. The file is created anew
+/// (`O_EXCL`, so a symlink or file planted at the temporary name is never followed or
+/// reused) with mode 0644 set explicitly: every container user reads these files,
+/// whatever crustd's umask.
 fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let tmp = path.with_extension("tmp");
-    fs::write(&tmp, data)?;
+    let _ = fs::remove_file(&tmp);
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(&tmp)?;
+    file.set_permissions(fs::Permissions::from_mode(0o644))?;
+    file.write_all(data)?;
+    drop(file);
     fs::rename(&tmp, path)
 }
 

@@ -56,6 +56,7 @@ pub(super) fn base_command(runtime: &OciRuntime, r: &ContainerRecord) -> Command
         .stdin(Stdio::null())
         .kill_on_drop(true)
         .process_group(0);
+    crate::fsmode::with_runtime_umask_tokio(&mut cmd);
     cmd
 }
 
@@ -74,7 +75,7 @@ pub async fn exec_sync(
     let process_file = r.bundle.join(format!("exec-{tag}.json"));
     let pid_file = r.bundle.join(format!("exec-{tag}.pid"));
     let json = serde_json::to_vec(&process).map_err(|e| ContainerError::Invalid(e.to_string()))?;
-    std::fs::write(&process_file, json).map_err(io_err(id, "write exec process"))?;
+    crate::fsmode::write_private(&process_file, &json).map_err(io_err(id, "write exec process"))?;
     let cleanup = || {
         let _ = std::fs::remove_file(&process_file);
         let _ = std::fs::remove_file(&pid_file);
@@ -162,7 +163,7 @@ pub async fn update(
         hex::encode(rand::random::<[u8; 8]>())
     ));
     let json = serde_json::to_vec(&linux).map_err(|e| ContainerError::Invalid(e.to_string()))?;
-    std::fs::write(&file, json).map_err(io_err(id, "write resources"))?;
+    crate::fsmode::write_private(&file, &json).map_err(io_err(id, "write resources"))?;
     let mut command = base_command(runtime, r);
     command
         .arg("update")

@@ -138,7 +138,7 @@ pub async fn spawn(
     let process_file = r.bundle.join(format!("exec-{tag}.json"));
     let pid_file = r.bundle.join(format!("exec-{tag}.pid"));
     let json = serde_json::to_vec(&process).map_err(|e| ContainerError::Invalid(e.to_string()))?;
-    std::fs::write(&process_file, json).map_err(io_err(id, "write exec process"))?;
+    crate::fsmode::write_private(&process_file, &json).map_err(io_err(id, "write exec process"))?;
     let result = spawn_with(runtime, r, streams, &process_file, &pid_file).await;
     let _ = std::fs::remove_file(&process_file);
     let _ = std::fs::remove_file(&pid_file);
