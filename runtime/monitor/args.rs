@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! crust-monitor --id ID --bundle B --runtime BIN --runtime-root R [--bundle-dir D]
-//!     [--systemd-cgroup] --log-path L --exit-file E --attach-socket A
+//!     [--systemd-cgroup] --log-path L [--log-dir D] --exit-file E --attach-socket A
 //!     [--tty] [--stdin] [--stdin-once] [--create-timeout SECS] --sync-fd N
 //! ```
 //!
@@ -34,6 +34,8 @@ pub struct Args {
     pub systemd_cgroup: bool,
     /// The CRI log file.
     pub log_path: PathBuf,
+    /// The pod's log directory, below which the log file is reached without symlinks.
+    pub log_dir: Option<PathBuf>,
     /// Where the exit status is written.
     pub exit_file: PathBuf,
     /// The attach socket's path.
@@ -58,6 +60,7 @@ pub fn parse(argv: &[OsString]) -> Result<Args, String> {
     let mut runtime_root = None;
     let mut bundle_dir = None;
     let mut log_path = None;
+    let mut log_dir = None;
     let mut exit_file = None;
     let mut attach_socket = None;
     let mut create_timeout = None;
@@ -87,6 +90,7 @@ pub fn parse(argv: &[OsString]) -> Result<Args, String> {
             "--runtime-root" => &mut runtime_root,
             "--bundle-dir" => &mut bundle_dir,
             "--log-path" => &mut log_path,
+            "--log-dir" => &mut log_dir,
             "--exit-file" => &mut exit_file,
             "--attach-socket" => &mut attach_socket,
             "--create-timeout" => &mut create_timeout,
@@ -125,6 +129,7 @@ pub fn parse(argv: &[OsString]) -> Result<Args, String> {
         bundle_dir: bundle_dir.map(PathBuf::from),
         systemd_cgroup,
         log_path: required(log_path, "--log-path")?.into(),
+        log_dir: log_dir.map(PathBuf::from),
         exit_file: required(exit_file, "--exit-file")?.into(),
         attach_socket: required(attach_socket, "--attach-socket")?.into(),
         tty,
@@ -175,6 +180,7 @@ mod tests {
                 bundle_dir: None,
                 systemd_cgroup: false,
                 log_path: "/l/0.log".into(),
+                log_dir: None,
                 exit_file: "/e".into(),
                 attach_socket: "/a".into(),
                 tty: false,

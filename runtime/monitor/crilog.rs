@@ -20,7 +20,11 @@
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::PathBuf;
+use std::path::{Component, Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
+use nix::sys::stat::Mode;
 
 /// The longest text of one record: containerd's and CRI-O's 16 KiB.
 pub const MAX_LINE: usize = 16 * 1024;
@@ -152,18 +156,27 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 }
 
 /// The log file at a fixed path, reopened on request (kubelet rotates by renaming).
+///
+/// With a log directory (kubelet's `log_directory`), the path below it is resolved
+/// with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)` and the file opened with
+/// `O_NOFOLLOW`: whoever can write into the pod's log directory cannot make the
+/// monitor, which runs as root, create or append to a file elsewhere by planting or
+/// swapping a symlink (for the container's directory or the file itself).
 #[derive(Debug)]
 pub struct LogFile {
     path: PathBuf,
+    dir: Option<PathBuf>,
     file: Option<File>,
 }
 
 impl LogFile {
-    /// Opens (creating) `path` for appending.
-    pub fn open(path: PathBuf) -> std::io::Result<LogFile> {
-        let file = Self::open_file(&path)?;
+    /// Opens (creating) `path` for appending; with `dir`, `path` must lie below it and
+    /// is reached without following any symlink below `dir`.
+    pub fn open(path: PathBuf, dir: Option<PathBuf>) -> std::io::Result<LogFile> {
+        let file = Self::open_file(&path, dir.as_deref())?;
         Ok(LogFile {
             path,
+            dir,
             file: Some(file),
         })
     }
@@ -172,7 +185,7 @@ impl LogFile {
     /// dropped until the next reopen succeeds: the monitor must keep serving.
     pub fn reopen(&mut self) -> std::io::Result<()> {
         self.file = None;
-        self.file = Some(Self::open_file(&self.path)?);
+        self.file = Some(Self::open_file(&self.path, self.dir.as_deref())?);
         Ok(())
     }
 
@@ -186,15 +199,95 @@ impl LogFile {
         }
     }
 
-    fn open_file(path: &std::path::Path) -> std::io::Result<File> {
-        // 0640 as containerd creates container logs; O_APPEND so a record is never
-        // written over another when something else appends too.
-        OpenOptions::new()
-            .append(true)
-            .create(true)
-            .mode(0o640)
-            .custom_flags(libc::O_CLOEXEC)
-            .open(path)
+    fn open_file(path: &Path, dir: Option<&Path>) -> std::io::Result<File> {
+        let Some(dir) = dir else {
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            // 0640 as containerd creates container logs; O_APPEND so a record is never
+            // written over another when something else appends too.
+            return OpenOptions::new()
+                .append(true)
+                .create(true)
+                .mode(0o640)
+                .custom_flags(libc::O_CLOEXEC)
+                .open(path);
+        };
+        let relative = path.strip_prefix(dir).map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("{} is not below {}", path.display(), dir.display()),
+            )
+        })?;
+        // The log directory itself is kubelet's choice (created if missing, as
+        // containerd does) and may be reached through symlinks; nothing below it may.
+        std::fs::create_dir_all(dir)?;
+        let root = nix::fcntl::open(
+            dir,
+            OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )?;
+        let beneath = ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS;
+        let mut names: Vec<&std::ffi::OsStr> = Vec::new();
+        for component in relative.components() {
+            match component {
+                Component::Normal(name) => names.push(name),
+                Component::CurDir => {}
+                _ => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidInput,
+                        format!("log path {} climbs out", path.display()),
+                    ));
+                }
+            }
+        }
+        let Some((file_name, dirs)) = names.split_last() else {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("log path {} names no file", path.display()),
+            ));
+        };
+        let mut parent = root;
+        for name in dirs {
+            let how = OpenHow::new()
+                .flags(OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC)
+                .resolve(beneath);
+            parent = match nix::fcntl::openat2(&parent, *name, how) {
+                Ok(fd) => fd,
+                Err(Errno::ENOENT) => {
+                    // 0755 as containerd makes the container's log directory.
+                    match nix::sys::stat::mkdirat(&parent, *name, Mode::from_bits_truncate(0o755)) {
+                        Ok(()) | Err(Errno::EEXIST) => {}
+                        Err(errno) => return Err(errno.into()),
+                    }
+                    nix::fcntl::openat2(&parent, *name, how)?
+                }
+                Err(errno) => return Err(errno.into()),
+            };
+        }
+        let how = OpenHow::new()
+            .flags(
+                OFlag::O_WRONLY
+                    | OFlag::O_APPEND
+                    | OFlag::O_CREAT
+                    | OFlag::O_NOFOLLOW
+                    | OFlag::O_NOCTTY
+                    // A FIFO planted at the name fails (ENXIO) instead of blocking.
+                    | OFlag::O_NONBLOCK
+                    | OFlag::O_CLOEXEC,
+            )
+            .mode(Mode::from_bits_truncate(0o640))
+            .resolve(beneath);
+        let fd = nix::fcntl::openat2(&parent, *file_name, how)?;
+        let file = File::from(fd);
+        // Only a regular file: a FIFO or device planted at the name is not a log.
+        if !file.metadata()?.is_file() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("log path {} is not a regular file", path.display()),
+            ));
+        }
+        Ok(file)
     }
 }
 
@@ -370,7 +463,7 @@ mod tests {
     fn reopen_follows_a_rename() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("0.log");
-        let mut log = LogFile::open(path.clone()).unwrap();
+        let mut log = LogFile::open(path.clone(), None).unwrap();
         log.write(b"first\n");
         std::fs::rename(&path, dir.path().join("0.log.1")).unwrap();
         log.write(b"second\n");
@@ -394,5 +487,33 @@ mod tests {
         // SAFETY: as above.
         unsafe { libc::umask(mask) };
         mask
+    }
+
+    #[test]
+    fn a_symlink_below_the_log_directory_is_not_followed() {
+        let logs = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let target = outside.path().join("victim");
+        std::fs::write(&target, "").unwrap();
+        let dir = Some(logs.path().to_path_buf());
+        // The file itself a symlink.
+        std::fs::create_dir(logs.path().join("c")).unwrap();
+        std::os::unix::fs::symlink(&target, logs.path().join("c/0.log")).unwrap();
+        assert!(LogFile::open(logs.path().join("c/0.log"), dir.clone()).is_err());
+        // The container's directory a symlink.
+        std::os::unix::fs::symlink(outside.path(), logs.path().join("d")).unwrap();
+        assert!(LogFile::open(logs.path().join("d/victim"), dir.clone()).is_err());
+        assert!(!outside.path().join("d").exists());
+        assert_eq!(std::fs::read(&target).unwrap(), b"");
+        // A plain path is created, directory included.
+        let mut log = LogFile::open(logs.path().join("e/0.log"), dir).unwrap();
+        log.write(b"x\n");
+        assert_eq!(std::fs::read(logs.path().join("e/0.log")).unwrap(), b"x\n");
+        // Swapped after rotation: the reopen fails, nothing reaches the target.
+        std::fs::rename(logs.path().join("e/0.log"), logs.path().join("e/0.log.1")).unwrap();
+        std::os::unix::fs::symlink(&target, logs.path().join("e/0.log")).unwrap();
+        assert!(log.reopen().is_err());
+        log.write(b"y\n");
+        assert_eq!(std::fs::read(&target).unwrap(), b"");
     }
 }

@@ -157,11 +157,7 @@ fn start(args: &Args) -> Result<Started, CreateFailure> {
     let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
         .map_err(|err| failure(format!("signalfd: {err}")))?;
 
-    if let Some(dir) = args.log_path.parent() {
-        std::fs::create_dir_all(dir)
-            .map_err(|err| failure(format!("create log directory {}: {err}", dir.display())))?;
-    }
-    let log = LogFile::open(args.log_path.clone())
+    let log = LogFile::open(args.log_path.clone(), args.log_dir.clone())
         .map_err(|err| failure(format!("open log file {}: {err}", args.log_path.display())))?;
 
     let created = create::create(args, &signals)?;

@@ -16,6 +16,7 @@ pub mod console;
 pub mod container;
 pub mod error;
 pub mod fsmode;
+pub mod inroot;
 pub mod liveness;
 pub mod monitor;
 pub mod oci;

@@ -68,6 +68,9 @@ pub struct MonitorSpawn {
     pub runtime_root: PathBuf,
     /// The CRI log file (its directory is created).
     pub log_path: PathBuf,
+    /// The pod's log directory holding `log_path`: the monitor reaches the file below
+    /// it without following symlinks.
+    pub log_dir: Option<PathBuf>,
     /// Where the monitor writes the [`ExitStatus`].
     pub exit_file: PathBuf,
     /// The attach socket the monitor serves.
@@ -124,9 +127,11 @@ impl MonitorSpawn {
             "--runtime-root".into(),
             absolute("runtime root", &self.runtime_root)?,
         ];
+        args.extend(["--log-path".into(), absolute("log path", &self.log_path)?]);
+        if let Some(dir) = &self.log_dir {
+            args.extend(["--log-dir".into(), absolute("log directory", dir)?]);
+        }
         args.extend([
-            "--log-path".into(),
-            absolute("log path", &self.log_path)?,
             "--exit-file".into(),
             absolute("exit file", &self.exit_file)?,
             "--attach-socket".into(),
@@ -223,6 +228,8 @@ pub async fn spawn_monitor(spawn: &MonitorSpawn, timeout: Duration) -> Result<Mo
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
+    // The monitor runs the OCI runtime, which creates mountpoints in the rootfs.
+    crate::fsmode::with_runtime_umask(&mut command);
     // SAFETY: the closure runs in the forked child before exec and only calls fcntl,
     // which is async-signal-safe; it touches no memory shared with the parent.
     unsafe {
@@ -554,6 +561,7 @@ mod tests {
             runtime_binary: "/usr/sbin/runc".into(),
             runtime_root: "/run/crust/runc".into(),
             log_path: "/var/log/pods/ns_p_uid/c/0.log".into(),
+            log_dir: None,
             exit_file: "/run/crust/containers/c1/exit".into(),
             attach_socket: "/run/crust/containers/c1/attach".into(),
             tty: false,

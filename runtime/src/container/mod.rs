@@ -538,7 +538,13 @@ impl ContainerService {
         };
         record::put(&self.db, &record)?;
         let outcome = self
-            .bring_up(&mut record, &runtime, &built, &req.rootfs)
+            .bring_up(
+                &mut record,
+                &runtime,
+                &built,
+                &req.rootfs,
+                Path::new(&log_dir),
+            )
             .await;
         match outcome {
             Ok(()) => {
@@ -561,6 +567,7 @@ impl ContainerService {
         runtime: &OciRuntime,
         built: &crate::spec::container::BuiltSpec,
         rootfs: &Path,
+        log_dir: &Path,
     ) -> Result<()> {
         let id = record.id.clone();
         let io = |step: &'static str| {
@@ -569,24 +576,26 @@ impl ContainerService {
         };
         for source in &built.bind_sources {
             if std::fs::symlink_metadata(source).is_err() {
-                std::fs::create_dir_all(source).map_err(io("create mount source"))?;
+                // 0755 as containerd creates them: a container running as another user
+                // must be able to use the mount.
+                crate::fsmode::create_dir_all_mode(source, 0o755)
+                    .map_err(io("create mount source"))?;
             }
         }
+        // The image's volumes, made in the rootfs as containerd does (0755, so any
+        // container user can use them), resolved inside it: a layer's symlink must
+        // not make root create directories on the host.
         for volume in &built.image_volumes {
-            let rel = volume.trim_start_matches('/');
-            if !rel.is_empty() && !rel.split('/').any(|c| c == "..") {
-                let _ = std::fs::create_dir_all(rootfs.join(rel));
-            }
+            crate::inroot::create_dir_all_in_root(rootfs, volume, 0o755).map_err(|e| {
+                ContainerError::Invalid(format!(
+                    "container {id}: image volume {volume:?}: cannot create it in the rootfs: {e}"
+                ))
+            })?;
         }
         std::fs::create_dir_all(&record.bundle).map_err(io("create bundle"))?;
         crate::spec::write_spec(&record.bundle, &built.spec).map_err(rt(&id, "write spec"))?;
-        if let Some(parent) = record
-            .log_path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-        {
-            std::fs::create_dir_all(parent).map_err(io("create log directory"))?;
-        }
+        // The monitor creates the log's directory itself, below the pod's log
+        // directory and without following symlinks there.
         let spawn = MonitorSpawn {
             binary: self.options.monitor_binary.clone(),
             id: id.clone(),
@@ -598,6 +607,7 @@ impl ContainerService {
             } else {
                 record.log_path.clone()
             },
+            log_dir: (!record.log_path.as_os_str().is_empty()).then(|| log_dir.to_path_buf()),
             exit_file: record.exit_file(),
             attach_socket: record.attach_socket(),
             tty: record.config.tty,

@@ -350,13 +350,7 @@ pub fn build_container_spec(input: &ContainerSpecInput) -> Result<BuiltSpec> {
             .filter(|w| !w.is_empty())
             .unwrap_or_else(|| "/".to_owned())
     };
-    if !cwd.starts_with('/') {
-        return Err(RuntimeError::invalid(
-            "working directory",
-            &cwd,
-            "not an absolute path",
-        ));
-    }
+    check_working_dir(&cwd)?;
 
     let caps = capabilities(security, host)?;
     let ambient = ambient_capabilities(security, privileged)?;
@@ -1006,6 +1000,39 @@ fn namespaces(
 }
 
 /// `path` absolute, without `..`, with `.` and repeated or trailing slashes removed.
+/// Refuses working directories that are not absolute or lie in /proc. A cwd of
+/// `/proc/self/fd/N` (CVE-2024-21626, "Leaky Vessels") makes an unpatched runc start
+/// the process in a directory of the host it still holds open; nothing legitimate
+/// works in /proc, so crust refuses it whatever the runtime, as later runc does.
+fn check_working_dir(cwd: &str) -> Result<()> {
+    if !cwd.starts_with('/') {
+        return Err(RuntimeError::invalid(
+            "working directory",
+            cwd,
+            "not an absolute path",
+        ));
+    }
+    // Lexically, `..` climbing as the kernel would inside the container's root.
+    let mut parts: Vec<&str> = Vec::new();
+    for part in cwd.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            name => parts.push(name),
+        }
+    }
+    if parts.first() == Some(&"proc") {
+        return Err(RuntimeError::invalid(
+            "working directory",
+            cwd,
+            "lies in /proc (refused: CVE-2024-21626)",
+        ));
+    }
+    Ok(())
+}
+
 fn clean_container_path(path: &str) -> Result<String> {
     let as_path = Path::new(path);
     if !as_path.is_absolute() {
@@ -1714,6 +1741,18 @@ mod tests {
         f.config.working_dir.clear();
         f.image["config"]["WorkingDir"] = "".into();
         assert_eq!(f.json()["process"]["cwd"], "/");
+        for evil in [
+            "/proc/self/fd/7",
+            "/proc",
+            "/tmp/../proc/1/cwd",
+            "//proc/./self",
+        ] {
+            f.config.working_dir = evil.into();
+            let err = f.error();
+            assert!(err.to_string().contains("CVE-2024-21626"), "{evil}: {err}");
+        }
+        f.config.working_dir = "/procfs".into();
+        assert_eq!(f.json()["process"]["cwd"], "/procfs");
         f.config.working_dir = "relative".into();
         assert!(f.error().to_string().contains("not an absolute path"));
     }
