@@ -12,6 +12,7 @@ pub mod cache;
 pub mod config;
 pub mod error;
 pub mod exec;
+mod loopback;
 pub mod netns;
 pub mod result;
 pub mod version;

@@ -8,6 +8,8 @@
 //! later unmount propagates into mount namespaces created in between (containers,
 //! monitors) and the namespace is really freed.
 //!
+//! A namespace is created with its loopback interface up.
+//!
 //! `unshare` and `setns` change only the calling thread, so both are done on a
 //! dedicated short-lived OS thread, never on the caller's (a tokio worker would keep
 //! the namespace for whatever task it runs next).
@@ -37,7 +39,7 @@ pub struct NetNs {
 impl NetNs {
     /// Creates a new network namespace pinned at `<dir>/<name>`.
     ///
-    /// `dir` is created if missing and made a shared mountpoint. Fails with
+    /// Its `lo` is up. `dir` is created if missing and made a shared mountpoint. Fails with
     /// `AlreadyExists` when the file is already there.
     pub fn create(dir: &Path, name: &str) -> Result<NetNs> {
         validate_name(name)?;
@@ -146,6 +148,10 @@ fn unshare_and_pin(path: &Path) -> Result<()> {
             .spawn_scoped(scope, || {
                 nix::sched::unshare(CloneFlags::CLONE_NEWNET)
                     .map_err(|errno| netns_err(path, "unshare", errno.into()))?;
+                // Every pod gets a working localhost, whether or not its conflist
+                // lists CNI's loopback plugin (see the loopback module).
+                crate::loopback::bring_up_in_current_netns()
+                    .map_err(|source| netns_err(path, "bring up lo", source))?;
                 // The mount namespace is shared by all threads, so the bind mount made
                 // here is visible to the whole process; only the network namespace of
                 // this thread differs, and the thread ends right after.
@@ -250,6 +256,27 @@ mod tests {
     fn removing_an_absent_netns_succeeds() {
         let dir = tempfile::tempdir().unwrap();
         remove(&dir.path().join("absent")).unwrap();
+    }
+
+    /// Regression: pods had `lo` DOWN when their conflist had no loopback plugin, so
+    /// nothing in them could reach 127.0.0.1.
+    #[test]
+    fn a_created_namespace_reaches_its_own_localhost() {
+        let dir = tempfile::tempdir().unwrap();
+        let ns = NetNs::create(dir.path(), "lo-test").unwrap();
+        let echoed = run_in_netns(ns.path(), || -> io::Result<Vec<u8>> {
+            use std::io::{Read, Write};
+            let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+            let mut client = std::net::TcpStream::connect(listener.local_addr()?)?;
+            let (mut server, _) = listener.accept()?;
+            client.write_all(b"ping")?;
+            drop(client);
+            let mut got = Vec::new();
+            server.read_to_end(&mut got)?;
+            Ok(got)
+        });
+        ns.remove().unwrap();
+        assert_eq!(echoed.unwrap().unwrap(), b"ping");
     }
 
     #[test]

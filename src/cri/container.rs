@@ -67,12 +67,13 @@ impl Cri {
         let req = request.into_inner();
         self.instrumented("StopContainer", async {
             let services = self.services()?;
-            let containers = services.containers.clone();
+            if req.container_id.is_empty() {
+                return Err(Status::invalid_argument("container_id: empty"));
+            }
             let timeout = Duration::from_secs(req.timeout.max(0) as u64);
-            tokio::spawn(async move { containers.stop(&req.container_id, timeout).await })
+            tokio::spawn(stop(services, req.container_id, timeout))
                 .await
-                .map_err(|e| Status::internal(format!("stop task failed: {e}")))?
-                .map_err(|e| error::container_status(&e))?;
+                .map_err(|e| Status::internal(format!("stop task failed: {e}")))??;
             Ok(cri::StopContainerResponse {})
         })
         .await
@@ -85,6 +86,9 @@ impl Cri {
         let id = request.into_inner().container_id;
         self.instrumented("RemoveContainer", async {
             let services = self.services()?;
+            if id.is_empty() {
+                return Err(Status::invalid_argument("container_id: empty"));
+            }
             tokio::spawn(remove(services, id))
                 .await
                 .map_err(|e| Status::internal(format!("remove task failed: {e}")))??;
@@ -318,7 +322,34 @@ async fn create(
     }
 }
 
-/// RemoveContainer's work: the container, then its rootfs and writable layer.
+/// StopContainer's work (also StopPodSandbox's, for each container of the pod).
+///
+/// Stopping what is not there succeeds, as in containerd and CRI-O: kubelet (and
+/// critest's idempotence specs) stop containers that may be long gone, and one removed
+/// by a concurrent RemoveContainer is as good as stopped.
+pub(super) async fn stop(
+    services: Arc<Services>,
+    id: String,
+    timeout: Duration,
+) -> Result<(), Status> {
+    if services.containers.get(&id).is_none() {
+        tracing::debug!(container = %id, "stop of an unknown container");
+        return Ok(());
+    }
+    match services.containers.stop(&id, timeout).await {
+        Ok(()) => Ok(()),
+        Err(e)
+            if e.kind() == crust_runtime::container::ContainerErrorKind::NotFound
+                && services.containers.get(&id).is_none() =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(error::container_status(&e)),
+    }
+}
+
+/// RemoveContainer's work: the container, then its rootfs and writable layer. An
+/// unknown id succeeds.
 pub(super) async fn remove(services: Arc<Services>, id: String) -> Result<(), Status> {
     let removed = services
         .containers

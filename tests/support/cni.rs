@@ -22,6 +22,14 @@ impl TestNetwork {
     /// Writes `10-test.conflist` into `conf_dir` with bridge, host-local, portmap and
     /// loopback, plus `extra` plugins (JSON objects) appended to the list.
     pub fn create(conf_dir: &Path, state_dir: &Path, extra: &[&str]) -> TestNetwork {
+        let mut plugins = vec![r#"{"type":"loopback"}"#];
+        plugins.extend_from_slice(extra);
+        Self::create_with(conf_dir, state_dir, &plugins)
+    }
+
+    /// Like [`TestNetwork::create`] but with only bridge, host-local and portmap before
+    /// `extra`: no loopback plugin, as in conflists that leave `lo` to the runtime.
+    pub fn create_with(conf_dir: &Path, state_dir: &Path, extra: &[&str]) -> TestNetwork {
         let n = NEXT.fetch_add(1, Ordering::SeqCst);
         let pid = std::process::id();
         let bridge = format!("crb{:05x}{:x}", pid & 0xfffff, n & 0xf);
@@ -35,7 +43,6 @@ impl TestNetwork {
                 ipam_dir.display()
             ),
             r#"{"type":"portmap","capabilities":{"portMappings":true}}"#.to_string(),
-            r#"{"type":"loopback"}"#.to_string(),
         ];
         plugins.extend(extra.iter().map(|s| s.to_string()));
         let conf = format!(

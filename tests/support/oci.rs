@@ -649,6 +649,7 @@ pub fn host_arch() -> &'static str {
 pub const BUSYBOX_APPLETS: &[&str] = &[
     "sh", "ls", "cat", "echo", "sleep", "id", "env", "pwd", "true", "false", "stat", "wc", "grep",
     "head", "tail", "mkdir", "touch", "rm", "stty", "httpd", "nc", "top", "ps", "dd", "yes", "seq",
+    "wget",
 ];
 
 const PASSWD: &str = "\

@@ -57,10 +57,16 @@ impl TestPod {
     /// A pod on a daemon with `extra` TOML tables in its config, with `image` pushed
     /// as `test/box:1` and pulled.
     pub async fn set_up(image: ImageSpec, extra: &str) -> TestPod {
+        Self::set_up_with_plugins(image, extra, &[r#"{"type":"loopback"}"#]).await
+    }
+
+    /// Like [`TestPod::set_up`], with `plugins` (JSON objects) after the network's
+    /// bridge, host-local and portmap instead of the loopback plugin.
+    pub async fn set_up_with_plugins(image: ImageSpec, extra: &str, plugins: &[&str]) -> TestPod {
         let reg = Registry::start();
         oci::push_image(&reg.host(), "test/box", "1", &image).await;
         let d = Crustd::start_with(extra).await;
-        let net = TestNetwork::create(&d.cni_conf_dir(), d.dir(), &[]);
+        let net = TestNetwork::create_with(&d.cni_conf_dir(), d.dir(), plugins);
         let mut c = d.client().await;
         let name = format!("{}/test/box:1", reg.host());
         c.image

@@ -104,25 +104,7 @@ pub async fn exec_sync(
         None => Some(child.wait().await),
     };
     let Some(status) = waited else {
-        // Kill the exec'd process itself, not only runc: it lives in the container.
-        // runc makes it a session (and group) leader, so killing its group takes the
-        // children it started too.
-        if let Some(pid) = std::fs::read_to_string(&pid_file)
-            .ok()
-            .and_then(|s| s.trim().parse::<i32>().ok())
-        {
-            // SAFETY: kill(2) on the pid runc reported for this exec and its group; no
-            // memory effects.
-            unsafe {
-                libc::kill(-pid, libc::SIGKILL);
-                libc::kill(pid, libc::SIGKILL);
-            }
-        }
-        if let Some(group) = child.id() {
-            // SAFETY: kill(2) on the process group we created for this runc call.
-            unsafe { libc::kill(-(group as i32), libc::SIGKILL) };
-        }
-        let _ = child.kill().await;
+        kill_timed_out(&mut child, &pid_file).await;
         cleanup();
         return Err(ContainerError::Timeout {
             id: id.to_string(),
@@ -148,6 +130,46 @@ pub async fn exec_sync(
     };
     cleanup();
     Ok(out)
+}
+
+/// How long a timed-out exec's runtime process gets to reap the killed command before
+/// it is killed too.
+const REAP_GRACE: Duration = Duration::from_secs(5);
+
+/// Ends an exec past its timeout: SIGKILL to the command (the pid runc wrote) and its
+/// process group, then a wait for `runc exec` itself to return.
+///
+/// The wait is what leaves nothing behind: `runc exec` is the command's parent and
+/// reaps it. Killing runc at once (as crust once did) orphaned the killed command
+/// before runc could reap it, and its new parent never did, so a zombie `sleep`
+/// stayed in the container for `pgrep` (critest) to find.
+/// runc is killed only if it has not returned within [`REAP_GRACE`], or when the
+/// command's pid is not known yet (then killing runc's group is all there is to do).
+async fn kill_timed_out(child: &mut tokio::process::Child, pid_file: &std::path::Path) {
+    let pid = std::fs::read_to_string(pid_file)
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok())
+        .filter(|pid| *pid > 0);
+    if let Some(pid) = pid {
+        // runc makes the command a process group leader, so its group takes the
+        // children it started too.
+        // SAFETY: kill(2) on the pid runc reported for this exec and its group; no
+        // memory effects. runc, its parent, has not reaped it (runc is waited for only
+        // below), so the pid cannot have been reused.
+        unsafe {
+            libc::kill(-pid, libc::SIGKILL);
+            libc::kill(pid, libc::SIGKILL);
+        }
+        if tokio::time::timeout(REAP_GRACE, child.wait()).await.is_ok() {
+            return;
+        }
+    }
+    if let Some(group) = child.id() {
+        // SAFETY: kill(2) on the process group we created for this runc call; runc is
+        // not reaped yet, so the group id cannot have been reused.
+        unsafe { libc::kill(-(group as i32), libc::SIGKILL) };
+    }
+    let _ = child.kill().await;
 }
 
 /// Applies resources with the runtime's `update --resources`.
