@@ -221,3 +221,59 @@ async fn exec_sync_past_its_timeout_fails_and_leaves_no_process() {
     let out = exec_sync(&mut p, &id, &["echo", "hello"], 1).await.unwrap();
     assert_eq!((out.exit_code, out.stdout), (0, b"hello\n".to_vec()));
 }
+
+/// critest `Streaming runtime should support portforward [Conformance]` ("Handling
+/// connection for 12001", then "lost connection to pod"): crust dials the pod's
+/// 127.0.0.1, which failed with `lo` DOWN; client-go closes the whole connection on an
+/// error-stream message. With a conflist that has no loopback plugin, a web server on
+/// the pod's port answers through the forward, twice over one session, with nothing
+/// on the error stream.
+#[tokio::test(flavor = "multi_thread")]
+async fn port_forward_reaches_a_pod_without_a_loopback_plugin() {
+    use support::stream_client::PortForward;
+    let mut p = TestPod::set_up_with_plugins(oci::busybox_image(), "", &[]).await;
+    let web = p
+        .run(p.config(
+            "web",
+            &sh(
+                "mkdir -p /tmp/www && echo hi-from-nginx > /tmp/www/index.html \
+                 && exec httpd -f -p 80 -h /tmp/www",
+            ),
+        ))
+        .await;
+    let ready = exec_sync(
+        &mut p,
+        &web,
+        &sh(
+            "for i in $(seq 100); do wget -qO- http://127.0.0.1:80/ && exit 0; \
+             sleep 0.1; done; exit 1",
+        ),
+        30,
+    )
+    .await
+    .unwrap();
+    assert_eq!(ready.exit_code, 0, "httpd did not come up: {ready:?}");
+
+    let url =
+        p.c.runtime
+            .port_forward(cri::PortForwardRequest {
+                pod_sandbox_id: p.sandbox.clone(),
+                port: vec![80],
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .url;
+    let mut pf = PortForward::connect(&url).await.unwrap();
+    for _ in 0..2 {
+        let f = pf.request(80, b"GET / HTTP/1.0\r\n\r\n").await;
+        assert!(f.error.is_empty(), "error stream: {f:?}");
+        let text = f.text();
+        assert!(
+            text.contains(" 200") && text.contains("hi-from-nginx"),
+            "{f:?}"
+        );
+    }
+    // The session is still open for the next local connection.
+    assert!(!pf.conn().wait_closed(Duration::from_millis(300)).await);
+}
