@@ -312,6 +312,19 @@ async fn recover(config: Arc<Config>, streaming_url: String) -> anyhow::Result<c
     let sandboxes = crust_sandbox::SandboxService::open(Arc::clone(&db), sandbox_options, cni)
         .await
         .context("recover pod sandboxes")?;
+    // RuntimeDefault AppArmor means crust's profile: loaded now if the host has
+    // AppArmor and lacks it. If that fails, containers asking for it are refused.
+    match tokio::task::spawn_blocking(crust_runtime::apparmor::ensure_default_profile).await? {
+        Ok(crust_runtime::apparmor::Loaded::NotEnabled) => {}
+        Ok(loaded) => tracing::info!(
+            profile = crust_runtime::apparmor::DEFAULT_PROFILE_NAME,
+            ?loaded,
+            "apparmor"
+        ),
+        Err(e) => {
+            tracing::warn!(error = %e, "apparmor: the RuntimeDefault profile is not loaded; containers asking for it will be refused")
+        }
+    }
     let monitor_binary = match &config.monitor_path {
         Some(p) => p.clone(),
         None => std::env::current_exe()

@@ -36,6 +36,14 @@ pub enum RuntimeError {
         /// Why it is refused.
         reason: String,
     },
+    /// A valid request the node cannot honour as asked (a missing security feature).
+    #[error("{what}: {reason}")]
+    Unsupported {
+        /// What was asked for.
+        what: &'static str,
+        /// Why it cannot be done here.
+        reason: String,
+    },
     /// A sysctl that the pod may not set.
     #[error("sysctl {name}: {reason}")]
     Sysctl {
@@ -165,6 +173,7 @@ impl RuntimeError {
                 ErrorKind::FailedPrecondition
             }
             RuntimeError::Failed(failure) => failure.kind,
+            RuntimeError::Unsupported { .. } => ErrorKind::FailedPrecondition,
             RuntimeError::Timeout { .. } => ErrorKind::DeadlineExceeded,
             RuntimeError::Spawn { .. }
             | RuntimeError::BadOutput { .. }

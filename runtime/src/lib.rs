@@ -12,6 +12,7 @@
 //! paths, namespace paths, cgroup paths).
 #![deny(missing_docs)]
 
+pub mod apparmor;
 pub mod console;
 pub mod container;
 pub mod error;
@@ -20,6 +21,7 @@ pub mod inroot;
 pub mod liveness;
 pub mod monitor;
 pub mod oci;
+pub mod oci_version;
 pub mod pause;
 pub mod pause_spec;
 pub mod spec;

@@ -25,6 +25,9 @@ pub enum SandboxError {
     /// The request is not acceptable.
     #[error("{0}")]
     Invalid(String),
+    /// A valid request this node cannot honour (a feature it does not have).
+    #[error("{0}")]
+    Unsupported(String),
     /// No such sandbox.
     #[error("pod sandbox {0:?} not found")]
     NotFound(String),
@@ -58,6 +61,7 @@ impl SandboxError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             SandboxError::Invalid(_) => ErrorKind::InvalidArgument,
+            SandboxError::Unsupported(_) => ErrorKind::FailedPrecondition,
             SandboxError::NotFound(_) => ErrorKind::NotFound,
             SandboxError::AlreadyExists { .. } => ErrorKind::AlreadyExists,
             SandboxError::Step { kind, .. } => *kind,

@@ -11,6 +11,7 @@ pub mod error;
 
 pub mod podfiles;
 pub mod record;
+mod validate;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -142,6 +143,14 @@ impl SandboxService {
             .map_err(|e| io("install the pause rootfs", e))?;
         let mut runtimes = HashMap::new();
         for (name, binary) in &options.runtimes {
+            // A runc without the Leaky Vessels fix is refused before it runs anything.
+            let checked = binary.clone();
+            let version =
+                tokio::task::spawn_blocking(move || crust_runtime::oci_version::check(&checked))
+                    .await
+                    .map_err(|e| SandboxError::Invalid(format!("runtime check: {e}")))?
+                    .map_err(|e| SandboxError::Invalid(format!("runtime handler {name:?}: {e}")))?;
+            tracing::info!(handler = %name, runtime = %version.name, version = %version.version, commit = %version.commit, "runtime handler");
             let root = options.state.join("runtime").join(name);
             std::fs::create_dir_all(&root).map_err(|e| io("create runtime root", e))?;
             let runtime = OciRuntime::new(binary.clone(), root)
@@ -310,7 +319,7 @@ impl SandboxService {
         handler: &str,
         pause: Option<PauseProcess>,
     ) -> Result<String> {
-        let meta = validate(&config)?;
+        let meta = validate::sandbox_config(&config)?;
         let (handler, runtime) = self.runtime(handler)?;
         if id.len() != 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(SandboxError::Invalid(format!(
@@ -780,75 +789,6 @@ fn port_mappings(ports: &[cri::PortMapping]) -> Vec<PortMapping> {
             host_ip: p.host_ip.clone(),
         })
         .collect()
-}
-
-/// Checks a sandbox config before anything is done with it.
-fn validate(config: &cri::PodSandboxConfig) -> Result<cri::PodSandboxMetadata> {
-    let meta = config
-        .metadata
-        .clone()
-        .ok_or_else(|| SandboxError::Invalid("metadata: missing".into()))?;
-    for (field, value) in [
-        ("name", &meta.name),
-        ("namespace", &meta.namespace),
-        ("uid", &meta.uid),
-    ] {
-        if value.is_empty() {
-            return Err(SandboxError::Invalid(format!("metadata.{field}: empty")));
-        }
-        if value.contains('/') || value.contains('\0') {
-            return Err(SandboxError::Invalid(format!(
-                "metadata.{field}: {value:?} contains '/' or NUL"
-            )));
-        }
-    }
-    if config.hostname.len() > 64 || config.hostname.contains('/') {
-        return Err(SandboxError::Invalid(format!(
-            "hostname: {:?} is not a valid hostname",
-            config.hostname
-        )));
-    }
-    for p in &config.port_mappings {
-        if !(0..=65535).contains(&p.host_port) || !(0..=65535).contains(&p.container_port) {
-            return Err(SandboxError::Invalid(format!(
-                "port_mappings: {}:{} is out of range",
-                p.host_port, p.container_port
-            )));
-        }
-        if cri::Protocol::try_from(p.protocol).is_err() {
-            return Err(SandboxError::Invalid(format!(
-                "port_mappings: unknown protocol {}",
-                p.protocol
-            )));
-        }
-    }
-    if let Some(linux) = &config.linux {
-        let ns = linux
-            .security_context
-            .as_ref()
-            .and_then(|s| s.namespace_options.clone())
-            .unwrap_or_default();
-        for (what, mode) in [("network", ns.network), ("pid", ns.pid), ("ipc", ns.ipc)] {
-            if cri::NamespaceMode::try_from(mode).is_err() {
-                return Err(SandboxError::Invalid(format!(
-                    "namespace_options.{what}: unknown mode {mode}"
-                )));
-            }
-        }
-        if ns.pid == cri::NamespaceMode::Target as i32 {
-            return Err(SandboxError::Invalid(
-                "namespace_options.pid: TARGET is for containers, not sandboxes".into(),
-            ));
-        }
-        let sysctls: BTreeMap<String, String> = linux.sysctls.clone().into_iter().collect();
-        pause_spec::validate_sysctls(
-            &sysctls,
-            ns.network != cri::NamespaceMode::Node as i32,
-            ns.ipc == cri::NamespaceMode::Node as i32,
-        )
-        .map_err(|e| SandboxError::Invalid(e.to_string()))?;
-    }
-    Ok(meta)
 }
 
 /// Whether `path` exists; used by tests and recovery.

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crust_proto::cri;
-use crust_runtime::container::{CreateRequest, state};
+use crust_runtime::container::{ContainerRecord, CreateRequest, state};
 use tonic::{Request, Response, Status};
 
 use super::{Cri, Services, convert, error};
@@ -283,7 +283,9 @@ async fn create(
             return Err(error::image_status(&e));
         }
     };
-    let sandbox_config = req.sandbox_config.unwrap_or_else(|| sandbox.config.clone());
+    // The pod's config is the one it was created with: the request's copy (kubelet
+    // sends one) could name another log directory or hostname than the pod has.
+    let sandbox_config = sandbox.config.clone();
     let create = CreateRequest {
         id: id.clone(),
         sandbox_id: sandbox.id.clone(),
@@ -389,6 +391,7 @@ fn namespaces(
         .and_then(|s| s.namespace_options.as_ref())
         .filter(|n| n.pid == cri::NamespaceMode::Target as i32)
         .and_then(|n| services.containers.get(&n.target_id))
+        .filter(|t| target_is_joinable(t, &sandbox.id))
         .map(|t| t.pid as u32);
     crust_runtime::spec::container::SandboxNamespaces {
         pause_pid: sandbox.pid as u32,
@@ -398,6 +401,17 @@ fn namespaces(
         host_pid: pod.pid == node,
         target_pid,
     }
+}
+
+/// Whether a container may lend its PID namespace (`NamespaceMode::TARGET`) to a new
+/// one of `sandbox_id`: it is of the same pod, running, and its pid is still the
+/// process that started it (a pid alone may have been reused by another pod's
+/// process, or a host one).
+fn target_is_joinable(target: &ContainerRecord, sandbox_id: &str) -> bool {
+    target.sandbox_id == sandbox_id
+        && state(target) == cri::ContainerState::ContainerRunning
+        && target.pid_start != 0
+        && crust_runtime::liveness::start_time(target.pid) == Some(target.pid_start)
 }
 
 /// The pod's files for the container to mount.

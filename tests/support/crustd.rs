@@ -228,6 +228,43 @@ impl Crustd {
         self.write_config();
     }
 
+    /// Replaces the extra TOML tables of the config, for the next start.
+    pub fn set_extra_config(&mut self, extra: &str) {
+        self.extra_config = extra.to_string();
+        self.write_config();
+    }
+
+    /// Starts crustd (after a stop) expecting it to exit during start-up within 30 s;
+    /// its exit status and log.
+    pub fn start_expecting_exit(&mut self) -> (std::process::ExitStatus, String) {
+        assert!(self.child.is_none(), "crustd is running");
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_crustd"))
+            .arg("--config")
+            .arg(self.dir.path().join("config.toml"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn crustd");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return (status, self.log());
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("crustd kept running:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Starts crustd again after [`Crustd::kill`] or [`Crustd::stop`].
     pub async fn start_again(&mut self) {
         self.spawn().await;

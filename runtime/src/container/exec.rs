@@ -148,18 +148,10 @@ const REAP_GRACE: Duration = Duration::from_secs(5);
 async fn kill_timed_out(child: &mut tokio::process::Child, pid_file: &std::path::Path) {
     let pid = std::fs::read_to_string(pid_file)
         .ok()
-        .and_then(|s| s.trim().parse::<i32>().ok())
-        .filter(|pid| *pid > 0);
-    if let Some(pid) = pid {
-        // runc makes the command a process group leader, so its group takes the
-        // children it started too.
-        // SAFETY: kill(2) on the pid runc reported for this exec and its group; no
-        // memory effects. runc, its parent, has not reaped it (runc is waited for only
-        // below), so the pid cannot have been reused.
-        unsafe {
-            libc::kill(-pid, libc::SIGKILL);
-            libc::kill(pid, libc::SIGKILL);
-        }
+        .and_then(|s| s.trim().parse::<i32>().ok());
+    let command = pid.and_then(|pid| ExecCommand::open(pid, child.id()?));
+    if let Some(command) = command {
+        command.kill();
         if tokio::time::timeout(REAP_GRACE, child.wait()).await.is_ok() {
             return;
         }
@@ -170,6 +162,43 @@ async fn kill_timed_out(child: &mut tokio::process::Child, pid_file: &std::path:
         unsafe { libc::kill(-(group as i32), libc::SIGKILL) };
     }
     let _ = child.kill().await;
+}
+
+/// The command `runc exec` started, held by a pidfd.
+struct ExecCommand {
+    pid: i32,
+    pidfd: std::os::fd::OwnedFd,
+}
+
+impl ExecCommand {
+    /// Opens a pidfd on `pid` and keeps it only if that process is still the child of
+    /// `runc` (our unreaped child, whose pid cannot have been reused): then the pidfd
+    /// names the exec'd command, not whatever took its pid after it ended.
+    fn open(pid: i32, runc: u32) -> Option<ExecCommand> {
+        let pidfd = rustix::process::pidfd_open(
+            rustix::process::Pid::from_raw(pid)?,
+            rustix::process::PidfdFlags::empty(),
+        )
+        .ok()?;
+        (parent_of(pid)? == runc as i32).then_some(ExecCommand { pid, pidfd })
+    }
+
+    /// SIGKILL to the command's process group (runc makes the command its leader, so
+    /// the group holds what it started; the id stays the group's while the leader the
+    /// pidfd pins is unreaped) and, through the pidfd, to the command itself.
+    fn kill(&self) {
+        // SAFETY: kill(2) on the group the live (or unreaped) command leads; no memory
+        // effects.
+        unsafe { libc::kill(-self.pid, libc::SIGKILL) };
+        let _ = rustix::process::pidfd_send_signal(&self.pidfd, rustix::process::Signal::KILL);
+    }
+}
+
+/// The parent pid of `pid` (field 4 of /proc/PID/stat).
+fn parent_of(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses: fields start after the last ')'.
+    stat[stat.rfind(')')? + 2..].split(' ').nth(1)?.parse().ok()
 }
 
 /// Applies resources with the runtime's `update --resources`.
@@ -211,4 +240,42 @@ pub async fn update(
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_timed_out_command_is_killed_through_its_pidfd_only_while_it_is_runcs() {
+        // A stand-in for `runc exec`: a shell whose child is the "command".
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("pid");
+        let mut runc = Command::new("/bin/sh")
+            .arg("-c")
+            .arg(format!("sleep 60 & echo $! > {}; wait", pid_file.display()))
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while std::fs::read_to_string(&pid_file).map_or(true, |s| !s.ends_with('\n')) {
+            assert!(std::time::Instant::now() < deadline, "no pid file");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let sleep: i32 = std::fs::read_to_string(&pid_file)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert_eq!(parent_of(sleep), Some(runc.id().unwrap() as i32));
+        // A pid that is not the child of the given "runc" is left alone.
+        assert!(ExecCommand::open(sleep, std::process::id()).is_none());
+        assert!(ExecCommand::open(i32::MAX, runc.id().unwrap()).is_none());
+        let started = std::time::Instant::now();
+        kill_timed_out(&mut runc, &pid_file).await;
+        // The shell reaped its killed child and returned by itself, long before the
+        // grace period would have had it killed.
+        assert!(started.elapsed() < REAP_GRACE, "{:?}", started.elapsed());
+        assert!(crate::liveness::start_time(sleep).is_none());
+    }
 }

@@ -46,9 +46,9 @@
 //!   cannot be told from an absent one on the wire; containerd behaves the same).
 //!   Seccomp: [`super::seccomp`]. AppArmor: without AppArmor on the host, a Localhost
 //!   profile is refused and anything else means none; with it, Localhost names a loaded
-//!   profile and RuntimeDefault (also when nothing is asked) uses
-//!   [`HostFeatures::apparmor_default_profile`] if that is loaded, else none (crust does
-//!   not load profiles itself). SELinux options apply only where SELinux is enabled and
+//!   profile, RuntimeDefault uses [`HostFeatures::apparmor_default_profile`] (crustd
+//!   loads it at start, [`crate::apparmor`]) or is refused with FailedPrecondition when
+//!   that is not loaded, and nothing asked means the default if loaded. SELinux options apply only where SELinux is enabled and
 //!   are ignored elsewhere, as containerd does.
 //! - **Annotations**: `io.kubernetes.cri.container-type=container`, `sandbox-id`,
 //!   `container-name`, `sandbox-name`, `sandbox-namespace`, `sandbox-uid`, `image-name`
@@ -100,7 +100,7 @@ pub const ANNOTATION_SANDBOX_UID: &str = "io.kubernetes.cri.sandbox-uid";
 pub const ANNOTATION_IMAGE_NAME: &str = "io.kubernetes.cri.image-name";
 
 /// The AppArmor profile crust uses for RuntimeDefault when it is loaded.
-pub const DEFAULT_APPARMOR_PROFILE: &str = "crust-default";
+pub const DEFAULT_APPARMOR_PROFILE: &str = crate::apparmor::DEFAULT_PROFILE_NAME;
 
 /// The first real-time signal as glibc numbers it (the kernel's 32 and 33 are taken).
 const SIGRTMIN: i32 = 34;
@@ -200,19 +200,10 @@ pub struct HostFeatures {
 impl HostFeatures {
     /// Reads the node's features (a few small files under /proc and /sys).
     pub fn detect() -> HostFeatures {
-        let apparmor_enabled = std::fs::read_to_string("/sys/module/apparmor/parameters/enabled")
-            .is_ok_and(|text| text.trim_start().starts_with('Y'));
-        let apparmor_default_profile = apparmor_enabled
-            .then(|| std::fs::read_to_string("/sys/kernel/security/apparmor/profiles").ok())
-            .flatten()
-            .filter(|profiles| {
-                // Lines are "<name> (<mode>)".
-                profiles.lines().any(|line| {
-                    line.rsplit_once(" (")
-                        .is_some_and(|(name, _)| name == DEFAULT_APPARMOR_PROFILE)
-                })
-            })
-            .map(|_| DEFAULT_APPARMOR_PROFILE.to_owned());
+        let apparmor_enabled = crate::apparmor::enabled();
+        let apparmor_default_profile = (apparmor_enabled
+            && crate::apparmor::loaded(DEFAULT_APPARMOR_PROFILE))
+        .then(|| DEFAULT_APPARMOR_PROFILE.to_owned());
         HostFeatures {
             capabilities: current_capabilities(),
             own_oom_score_adj: std::fs::read_to_string("/proc/self/oom_score_adj")
@@ -897,7 +888,20 @@ fn apparmor_profile(
     Ok(match request {
         AppArmor::Unconfined => None,
         AppArmor::NotSet | AppArmor::RuntimeDefault if privileged => None,
-        AppArmor::NotSet | AppArmor::RuntimeDefault => host.apparmor_default_profile.clone(),
+        // Asked for by name, the default is applied or the container is refused: a
+        // container that should be confined never runs unconfined.
+        AppArmor::RuntimeDefault => {
+            Some(host.apparmor_default_profile.clone().ok_or_else(|| {
+                RuntimeError::Unsupported {
+                    what: "apparmor profile RuntimeDefault",
+                    reason: format!(
+                        "the host has AppArmor but the {DEFAULT_APPARMOR_PROFILE} profile is not \
+                     loaded (crustd loads it at start with apparmor_parser; see its log)"
+                    ),
+                }
+            })?)
+        }
+        AppArmor::NotSet => host.apparmor_default_profile.clone(),
         AppArmor::Localhost(name) => Some(name),
     })
 }
@@ -944,6 +948,29 @@ fn namespaces(
     let pause = sandbox.pause_pid;
     let joined = |kind: &str, path: String| json!({"type": kind, "path": path});
     let mut list = Vec::new();
+    if let Some(userns) = security
+        .and_then(|s| s.namespace_options.as_ref())
+        .and_then(|n| n.userns_options.as_ref())
+    {
+        // Never ignored: a container that believes it is unprivileged in a user
+        // namespace must not run as the host's root.
+        match cri::NamespaceMode::try_from(userns.mode) {
+            Ok(cri::NamespaceMode::Node) => {}
+            Ok(cri::NamespaceMode::Pod) => {
+                return Err(RuntimeError::Unsupported {
+                    what: "user namespace",
+                    reason: "pod user namespaces are not supported by this runtime handler".into(),
+                });
+            }
+            _ => {
+                return Err(RuntimeError::invalid(
+                    "user namespace mode",
+                    &userns.mode.to_string(),
+                    "a container's user namespace is its pod's (POD) or the node's (NODE)",
+                ));
+            }
+        }
+    }
     let pid_mode = security
         .and_then(|s| s.namespace_options.as_ref())
         .map_or(cri::NamespaceMode::Pod as i32, |n| n.pid);
@@ -2433,8 +2460,19 @@ mod tests {
 
         f.host.apparmor_enabled = true;
         assert_eq!(f.json()["process"]["apparmorProfile"], "my-profile");
+        // Asked for on an AppArmor host without crust's profile: refused, never dropped.
         apparmor(&mut f, ProfileType::RuntimeDefault, "");
+        let err = f.build().unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::FailedPrecondition, "{err}");
+        assert!(
+            err.to_string()
+                .contains("crust-default profile is not loaded"),
+            "{err}"
+        );
+        // Not asked for: the default where there is one, else none.
+        f.security().apparmor = None;
         assert!(f.json()["process"].get("apparmorProfile").is_none());
+        apparmor(&mut f, ProfileType::RuntimeDefault, "");
         f.host.apparmor_default_profile = Some(DEFAULT_APPARMOR_PROFILE.into());
         assert_eq!(
             f.json()["process"]["apparmorProfile"],
@@ -2455,6 +2493,27 @@ mod tests {
         f.privileged_sandbox();
         f.security().privileged = true;
         assert!(f.json()["process"].get("apparmorProfile").is_none());
+    }
+
+    #[test]
+    fn user_namespaces_are_refused_not_ignored() {
+        let mut f = Fixture::new();
+        let userns = |f: &mut Fixture, mode: cri::NamespaceMode| {
+            f.security()
+                .namespace_options
+                .get_or_insert_with(Default::default)
+                .userns_options = Some(cri::UserNamespace {
+                mode: mode as i32,
+                ..Default::default()
+            });
+        };
+        userns(&mut f, cri::NamespaceMode::Node);
+        f.json();
+        userns(&mut f, cri::NamespaceMode::Pod);
+        let err = f.build().unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::FailedPrecondition, "{err}");
+        userns(&mut f, cri::NamespaceMode::Target);
+        f.error();
     }
 
     #[test]

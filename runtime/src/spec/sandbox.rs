@@ -7,10 +7,10 @@
 //! - user 65535:65535 unless the pod asks for another (the pause image's user);
 //! - no rlimits: containerd removes the default `RLIMIT_NOFILE` for sandboxes
 //!   (containerd issue 515), so pause inherits the runtime's;
-//! - no seccomp profile and no AppArmor. containerd applies a seccomp profile to the
-//!   sandbox only when the pod names one; pause makes a handful of syscalls and holds
-//!   no data, so crust leaves it unconfined. (The containers work brings the
-//!   RuntimeDefault profile; `linux.seccomp` can be set on the built spec then.)
+//! - the RuntimeDefault seccomp profile (unless privileged), whatever the pod asks for
+//!   its containers: pause makes a handful of syscalls, and an unconfined process in
+//!   every pod is attack surface for nothing (containerd confines it only when the pod
+//!   names a profile). No AppArmor profile: crust has none it can be sure is loaded;
 //! - `linux.resources.cpu.shares` = 2 (the minimum), as containerd's
 //!   `WithDefaultSandboxShares`: pause must not weigh in the pod's CPU split;
 //! - OOM score adjustment -998 (kubelet's value for pause), clamped to our own;
@@ -233,7 +233,14 @@ impl SandboxSpec {
             }))
             .set_masked_paths(masked)
             .set_readonly_paths(readonly)
-            .set_seccomp(None)
+            .set_seccomp(if self.privileged {
+                None
+            } else {
+                Some(super::seccomp::default_profile(
+                    &DEFAULT_CAPABILITIES,
+                    &super::seccomp::SeccompTarget::native(),
+                )?)
+            })
             .set_devices(None)
             .set_uid_mappings(None)
             .set_gid_mappings(None);
@@ -462,7 +469,23 @@ mod tests {
         );
         assert_eq!(linux["maskedPaths"], json!(MASKED_PATHS));
         assert_eq!(linux["readonlyPaths"], json!(READONLY_PATHS));
-        assert!(linux.get("seccomp").is_none());
+        // Confined like a RuntimeDefault container: EPERM for what is not allowed.
+        assert_eq!(linux["seccomp"]["defaultAction"], "SCMP_ACT_ERRNO");
+        let allowed: Vec<&str> = linux["seccomp"]["syscalls"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["action"] == "SCMP_ACT_ALLOW")
+            .flat_map(|r| {
+                r["names"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|n| n.as_str().unwrap())
+            })
+            .collect();
+        assert!(allowed.contains(&"pause"), "{allowed:?}");
+        assert!(!allowed.contains(&"mount"), "{allowed:?}");
         assert_eq!(
             v["annotations"],
             json!({"io.kubernetes.cri.sandbox-id": "sb1"})
@@ -555,7 +578,6 @@ mod tests {
         assert_eq!(v["process"]["env"], json!(["A=b"]));
         assert_eq!(v["process"]["oomScoreAdj"], 1000);
         assert_eq!(v["linux"]["resources"]["cpu"]["shares"], 512);
-        assert!(v["linux"].get("seccomp").is_none());
         assert_eq!(v["root"]["readonly"], false);
     }
 
@@ -569,6 +591,7 @@ mod tests {
         let linux = &v["linux"];
         assert!(linux.get("maskedPaths").is_none());
         assert!(linux.get("readonlyPaths").is_none());
+        assert!(linux.get("seccomp").is_none());
         assert_eq!(
             linux["resources"]["devices"],
             json!([{"allow": true, "access": "rwm"}])

@@ -172,15 +172,49 @@ pub fn load_profile(
     target: &SeccompTarget,
 ) -> Result<LinuxSeccomp> {
     let shown = path.to_string_lossy();
-    let text = std::fs::read_to_string(path).map_err(|err| {
-        let reason = if err.kind() == std::io::ErrorKind::NotFound {
-            "no such file on this node".to_owned()
-        } else {
-            format!("read: {err}")
-        };
-        RuntimeError::invalid("seccomp profile", &shown, reason)
-    })?;
+    let text = read_profile_file(path)
+        .map_err(|reason| RuntimeError::invalid("seccomp profile", &shown, reason))?;
     profile_from_json(&text, caps, target, &shown)
+}
+
+/// The largest Localhost profile read; Docker's default profile is about 20 KiB.
+pub const PROFILE_MAX_BYTES: u64 = 1024 * 1024;
+
+/// Reads a profile the pod spec names: only a regular file of at most
+/// [`PROFILE_MAX_BYTES`], so that `/dev/zero`, a FIFO or a huge file can neither hang
+/// nor exhaust crustd. `O_NONBLOCK` keeps the open of a FIFO from waiting for a writer.
+fn read_profile_file(path: &Path) -> std::result::Result<String, String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|err| {
+            if err.kind() == std::io::ErrorKind::NotFound {
+                "no such file on this node".to_owned()
+            } else {
+                format!("open: {err}")
+            }
+        })?;
+    let meta = file.metadata().map_err(|err| format!("stat: {err}"))?;
+    if !meta.is_file() {
+        return Err("not a regular file".to_owned());
+    }
+    if meta.len() > PROFILE_MAX_BYTES {
+        return Err(format!(
+            "{} bytes is more than the {PROFILE_MAX_BYTES} a profile may have",
+            meta.len()
+        ));
+    }
+    let mut text = String::new();
+    file.take(PROFILE_MAX_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(|err| format!("read: {err}"))?;
+    if text.len() as u64 > PROFILE_MAX_BYTES {
+        return Err("grew past the size a profile may have while it was read".to_owned());
+    }
+    Ok(text)
 }
 
 /// Parses a profile in Docker's (or OCI) format and resolves it for a container whose
@@ -537,6 +571,29 @@ mod tests {
         }
         let err = SeccompRequest::from_cri(None, "strict").unwrap_err();
         assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+    }
+
+    #[test]
+    fn localhost_profiles_must_be_small_regular_files() {
+        let caps = [Capability::Chown];
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("good.json");
+        std::fs::write(&good, r#"{"defaultAction":"SCMP_ACT_ALLOW"}"#).unwrap();
+        load_profile(&good, &caps, &X86).unwrap();
+        let refused = |path: &Path, why: &str| {
+            let err = load_profile(path, &caps, &X86).unwrap_err().to_string();
+            assert!(err.contains(why), "{}: {err}", path.display());
+        };
+        refused(Path::new("/dev/zero"), "not a regular file");
+        refused(dir.path(), "not a regular file");
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        refused(&fifo, "not a regular file");
+        let big = dir.path().join("big.json");
+        let file = std::fs::File::create(&big).unwrap();
+        file.set_len(PROFILE_MAX_BYTES + 1).unwrap();
+        refused(&big, "bytes is more than");
+        refused(&dir.path().join("missing.json"), "no such file");
     }
 
     #[test]
