@@ -277,3 +277,242 @@ async fn port_forward_reaches_a_pod_without_a_loopback_plugin() {
     // The session is still open for the next local connection.
     assert!(!pf.conn().wait_closed(Duration::from_millis(300)).await);
 }
+
+async fn status(p: &mut TestPod, id: &str) -> cri::ContainerStatus {
+    p.c.runtime
+        .container_status(cri::ContainerStatusRequest {
+            container_id: id.into(),
+            verbose: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap()
+}
+
+/// Waits up to 10 s for the container's log to hold a line; its text.
+async fn first_log_line(p: &TestPod, name: &str) -> String {
+    let log = p.logs.join(format!("{name}/0.log"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(line) = std::fs::read_to_string(&log)
+            .ok()
+            .and_then(|l| l.lines().next().map(str::to_owned))
+        {
+            // "<time> stdout F <text>"
+            return line.splitn(4, ' ').nth(3).unwrap_or_default().to_owned();
+        }
+        assert!(Instant::now() < deadline, "nothing in {}", log.display());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// critest gates its UserNamespaces, recursive read-only and SupplementalGroupsPolicy
+/// specs on what Status advertises: the default handler ("") and each configured one
+/// say what they support, truthfully.
+#[tokio::test(flavor = "multi_thread")]
+async fn status_advertises_each_handlers_features() {
+    let mut p = TestPod::set_up(oci::busybox_image(), "").await;
+    let status =
+        p.c.runtime
+            .status(cri::StatusRequest { verbose: false })
+            .await
+            .unwrap()
+            .into_inner();
+    assert_eq!(
+        status.features,
+        Some(cri::RuntimeFeatures {
+            supplemental_groups_policy: true
+        })
+    );
+    let names: Vec<&str> = status
+        .runtime_handlers
+        .iter()
+        .map(|h| h.name.as_str())
+        .collect();
+    assert_eq!(names, ["", "runc"]);
+    for handler in &status.runtime_handlers {
+        assert_eq!(
+            handler.features,
+            Some(cri::RuntimeHandlerFeatures {
+                recursive_read_only_mounts: true,
+                user_namespaces: false,
+            }),
+            "{handler:?}"
+        );
+    }
+}
+
+/// critest `SupplementalGroupsPolicy`: with Merge (the default) the groups the image's
+/// /etc/group gives the user are added to the requested ones; with Strict they are
+/// not. The first process, an exec'd one and ContainerStatus.user all agree.
+#[tokio::test(flavor = "multi_thread")]
+async fn supplemental_groups_policy_merge_and_strict() {
+    let mut p = TestPod::set_up(oci::busybox_image(), "").await;
+    // In the image, app (1000) is a member of extra (2000).
+    for (name, policy, groups) in [
+        (
+            "merge",
+            cri::SupplementalGroupsPolicy::Merge,
+            vec![1000, 1234, 2000],
+        ),
+        (
+            "strict",
+            cri::SupplementalGroupsPolicy::Strict,
+            vec![1000, 1234],
+        ),
+    ] {
+        let mut config = p.config(name, &sh("id -G; sleep 60"));
+        config.linux = Some(cri::LinuxContainerConfig {
+            security_context: Some(cri::LinuxContainerSecurityContext {
+                run_as_user: Some(cri::Int64Value { value: 1000 }),
+                supplemental_groups: vec![1234],
+                supplemental_groups_policy: policy as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let id = p.run(config).await;
+        let expected: String = groups
+            .iter()
+            .map(|g| g.to_string())
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert_eq!(first_log_line(&p, name).await, expected, "{name}");
+        let out = exec_sync(&mut p, &id, &["id", "-G"], 10).await.unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            format!("{expected}\n")
+        );
+        let mut user = status(&mut p, &id).await.user.unwrap().linux.unwrap();
+        user.supplemental_groups.sort();
+        assert_eq!(
+            user,
+            cri::LinuxContainerUser {
+                uid: 1000,
+                gid: 1000,
+                supplemental_groups: groups,
+            },
+            "{name}"
+        );
+    }
+}
+
+/// A host directory with a tmpfs mounted in it, as critest's `createHostPathForRROMount`;
+/// unmounted and removed at the end.
+struct RroHostPath(std::path::PathBuf);
+
+impl RroHostPath {
+    fn new(p: &TestPod) -> RroHostPath {
+        let dir = p.d.dir().join("rro-host");
+        let tmpfs = dir.join("tmpfs");
+        std::fs::create_dir_all(&tmpfs).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "none"])
+            .arg(&tmpfs)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "mount a tmpfs");
+        RroHostPath(dir)
+    }
+}
+
+impl Drop for RroHostPath {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .args(["-l"])
+            .arg(self.0.join("tmpfs"))
+            .status();
+    }
+}
+
+/// critest `Container Mount Readonly`: a recursive read-only mount makes the mounts
+/// below it read-only too (runc 1.1 cannot, crust stages the tree), a plain read-only
+/// one does not; rro with a writable mount or non-private propagation is refused; the
+/// staging leaves no mount behind.
+#[tokio::test(flavor = "multi_thread")]
+async fn recursive_read_only_mounts() {
+    let mut p = TestPod::set_up(oci::busybox_image(), "").await;
+    let host = RroHostPath::new(&p);
+    let mount = |readonly: bool, rro: bool, propagation: cri::MountPropagation| cri::Mount {
+        container_path: "/mnt".into(),
+        host_path: host.0.display().to_string(),
+        readonly,
+        recursive_read_only: rro,
+        selinux_relabel: true,
+        propagation: propagation as i32,
+        ..Default::default()
+    };
+    let private = cri::MountPropagation::PropagationPrivate;
+
+    let mut config = p.config("rro", &["sleep", "60"]);
+    config.mounts = vec![mount(true, true, private)];
+    let rro = p.run(config).await;
+    let staged: Vec<String> = support::cni::mounts_under(p.d.dir())
+        .into_iter()
+        .filter(|m| m.contains("/rro/"))
+        .collect();
+    assert!(staged.is_empty(), "a staged tree stayed mounted: {staged:?}");
+    let out = exec_sync(
+        &mut p,
+        &rro,
+        &sh(r#"touch /mnt/tmpfs/foo 2>&1 | grep -q "Read-only file system""#),
+        10,
+    )
+    .await
+    .unwrap();
+    assert_eq!(out.exit_code, 0, "the submount is writable");
+    let out = exec_sync(&mut p, &rro, &["touch", "/mnt/top"], 10)
+        .await
+        .unwrap();
+    assert_ne!(out.exit_code, 0, "the mount itself is writable");
+
+    let mut config = p.config("ro", &["sleep", "60"]);
+    config.mounts = vec![mount(true, false, private)];
+    let ro = p.run(config).await;
+    let out = exec_sync(&mut p, &ro, &["touch", "/mnt/tmpfs/file"], 10)
+        .await
+        .unwrap();
+    assert_eq!(out.exit_code, 0, "{}", String::from_utf8_lossy(&out.stderr));
+
+    for (name, bad) in [
+        ("rw", mount(false, true, private)),
+        (
+            "h2c",
+            mount(
+                true,
+                true,
+                cri::MountPropagation::PropagationHostToContainer,
+            ),
+        ),
+        (
+            "bidi",
+            mount(true, true, cri::MountPropagation::PropagationBidirectional),
+        ),
+    ] {
+        let mut config = p.config(name, &["true"]);
+        config.mounts = vec![bad];
+        let err = p.create(config).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{name}: {err:?}");
+    }
+    for id in [rro, ro] {
+        p.c.runtime
+            .stop_container(cri::StopContainerRequest {
+                container_id: id.clone(),
+                timeout: 0,
+            })
+            .await
+            .unwrap();
+        p.c.runtime
+            .remove_container(cri::RemoveContainerRequest { container_id: id })
+            .await
+            .unwrap();
+    }
+    let left: Vec<String> = support::cni::mounts_under(p.d.dir())
+        .into_iter()
+        .filter(|m| m.contains("/containers/") || m.contains("/rro/"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}

@@ -20,10 +20,12 @@ pub mod fsmode;
 pub mod inroot;
 pub mod liveness;
 pub mod monitor;
+pub mod mountinfo;
 pub mod oci;
 pub mod oci_version;
 pub mod pause;
 pub mod pause_spec;
+pub mod rro;
 pub mod spec;
 pub mod stats;
 

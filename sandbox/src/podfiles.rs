@@ -111,22 +111,7 @@ fn remove_dir_all_if_exists(p: &Path) -> io::Result<()> {
 
 /// Whether `path` is a mountpoint, from /proc/self/mountinfo.
 pub fn is_mountpoint(path: &Path) -> bool {
-    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
-    };
-    let wanted = path.to_string_lossy();
-    info.lines().any(|l| {
-        l.split(' ')
-            .nth(4)
-            .is_some_and(|mp| unescape_mountinfo(mp) == wanted)
-    })
-}
-
-fn unescape_mountinfo(s: &str) -> String {
-    s.replace("\\040", " ")
-        .replace("\\011", "\t")
-        .replace("\\012", "\n")
-        .replace("\\134", "\\")
+    crust_runtime::mountinfo::is_mount_point(path)
 }
 
 fn resolv_conf(d: &cri::DnsConfig) -> Vec<u8> {

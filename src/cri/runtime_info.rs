@@ -71,8 +71,10 @@ impl Cri {
                     conditions: vec![runtime, network],
                 }),
                 info,
-                runtime_handlers: Vec::new(),
-                features: None,
+                runtime_handlers: runtime_handlers(&services.config),
+                features: Some(cri::RuntimeFeatures {
+                    supplemental_groups_policy: true,
+                }),
             })
         })
         .await
@@ -96,4 +98,25 @@ impl Cri {
         })
         .await
     }
+}
+
+/// What each runtime handler can do, for kubelet and critest: the configured ones by
+/// name and the default again as "" (what pods without a RuntimeClass get), as
+/// containerd lists them. Recursive read-only mounts are crust's own work
+/// ([`crust_runtime::rro`]), so every handler has them where the kernel does; no
+/// handler here makes pod user namespaces (runc 1.1 has no idmapped mounts).
+fn runtime_handlers(config: &crate::config::Config) -> Vec<cri::RuntimeHandler> {
+    let features = || {
+        Some(cri::RuntimeHandlerFeatures {
+            recursive_read_only_mounts: crust_runtime::rro::supported(),
+            user_namespaces: false,
+        })
+    };
+    std::iter::once(String::new())
+        .chain(config.runtimes.keys().cloned())
+        .map(|name| cri::RuntimeHandler {
+            name,
+            features: features(),
+        })
+        .collect()
 }

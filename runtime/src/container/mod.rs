@@ -208,6 +208,16 @@ pub struct ContainerService {
 /// A callback told the id of each container that exits.
 pub type ExitHook = Box<dyn Fn(&str) + Send + Sync>;
 
+/// Detaches the staged read-only trees of a bundle ([`crate::rro`]), off the async
+/// workers: unmounting may wait on the filesystem.
+async fn unstage_rro(bundle: &Path) {
+    if std::fs::symlink_metadata(bundle.join(crate::rro::STAGING_DIR)).is_err() {
+        return;
+    }
+    let bundle = bundle.to_path_buf();
+    let _ = tokio::task::spawn_blocking(move || crate::rro::unstage(&bundle)).await;
+}
+
 fn rt(id: &str, step: &'static str) -> impl FnOnce(RuntimeError) -> ContainerError {
     let id = id.to_string();
     move |source| ContainerError::Runtime {
@@ -268,6 +278,8 @@ impl ContainerService {
 
     async fn recover(self: &Arc<Self>) -> Result<()> {
         for mut r in record::load_all(&self.db)? {
+            // A crash between staging and `create` returning leaves the staged trees.
+            unstage_rro(&r.bundle).await;
             if r.pid == 0 {
                 tracing::info!(container = %r.id, "undoing a container whose creation was interrupted");
                 self.release(&r).await;
@@ -593,7 +605,16 @@ impl ContainerService {
             })?;
         }
         std::fs::create_dir_all(&record.bundle).map_err(io("create bundle"))?;
-        crate::spec::write_spec(&record.bundle, &built.spec).map_err(rt(&id, "write spec"))?;
+        // Recursive read-only mounts are made here, for runtimes that cannot (rro).
+        let mut spec = built.spec.clone();
+        let bundle = record.bundle.clone();
+        let spec = tokio::task::spawn_blocking(move || {
+            crate::rro::stage(&mut spec, &bundle).map(|()| spec)
+        })
+        .await
+        .map_err(|e| io("stage recursive read-only mounts")(std::io::Error::other(e)))?
+        .map_err(io("stage recursive read-only mounts"))?;
+        crate::spec::write_spec(&record.bundle, &spec).map_err(rt(&id, "write spec"))?;
         // The monitor creates the log's directory itself, below the pod's log
         // directory and without following symlinks there.
         let spawn = MonitorSpawn {
@@ -615,9 +636,10 @@ impl ContainerService {
             stdin_once: record.config.stdin_once,
         };
         let spawned_at = std::time::Instant::now();
-        let started = monitor::spawn_monitor(&spawn, runtime.timeout())
-            .await
-            .map_err(rt(&id, "create"))?;
+        let started = monitor::spawn_monitor(&spawn, runtime.timeout()).await;
+        // Created or not, the container holds its own copy of any staged tree now.
+        unstage_rro(&record.bundle).await;
+        let started = started.map_err(rt(&id, "create"))?;
         let monitor_took = spawned_at.elapsed();
         record.pid = started.container_pid;
         record.pid_start = liveness::start_time(started.container_pid).unwrap_or(0);
@@ -653,6 +675,7 @@ impl ContainerService {
         }) {
             crate::stats::cgroup::remove_empty_cgroup(&path);
         }
+        unstage_rro(&r.bundle).await;
         if let Err(e) = std::fs::remove_dir_all(&r.bundle)
             && e.kind() != std::io::ErrorKind::NotFound
         {

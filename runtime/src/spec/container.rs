@@ -27,8 +27,9 @@
 //!   /dev/shm (the host's for host-IPC pods) unless a CRI mount covers the path, then the
 //!   CRI mounts. CRI mounts are binds with `rbind`, the propagation (`rprivate`,
 //!   `rslave`, `rshared`; the latter two also set `rootfsPropagation`), `ro`/`rw`, and
-//!   `rro` for `recursive_read_only` (which must be read-only and private; it needs runc
-//!   ≥ 1.1 on Linux ≥ 5.12, which the caller advertises to kubelet). They are ordered
+//!   `rro` for `recursive_read_only` (which must be read-only and private; the container
+//!   service turns it into a staged read-only tree, [`crate::rro`], for runtimes
+//!   without it). They are ordered
 //!   parents first; a default at the same path is dropped, and every default under /dev
 //!   when /dev itself is mounted. `selinux_relabel` is ignored. Missing bind sources are
 //!   not created here: [`BuiltSpec::bind_sources`] lists them for the caller.

@@ -67,9 +67,19 @@ pub fn resolve_user(
         .and_then(|s| s.run_as_group.as_ref())
         .map(|v| v.value);
     let supplemental = security.map_or(&[][..], |s| s.supplemental_groups.as_slice());
-    let strict = security.is_some_and(|s| {
-        s.supplemental_groups_policy == cri::SupplementalGroupsPolicy::Strict as i32
-    });
+    let policy = security.map_or(0, |s| s.supplemental_groups_policy);
+    let strict = match cri::SupplementalGroupsPolicy::try_from(policy) {
+        Ok(cri::SupplementalGroupsPolicy::Merge) => false,
+        Ok(cri::SupplementalGroupsPolicy::Strict) => true,
+        // A policy this crust does not know may be stricter than both: refused.
+        Err(_) => {
+            return Err(RuntimeError::invalid(
+                "supplemental_groups_policy",
+                &policy.to_string(),
+                "unknown policy (Merge or Strict)",
+            ));
+        }
+    };
 
     let (user, group): (String, Option<String>) = if !run_as_username.is_empty() {
         (
@@ -477,6 +487,9 @@ nogroup:x:65534:
             resolve_user(root.path(), Some(&sc), "").unwrap(),
             user(1000, 1000, &[1000, 7], Some("alice"))
         );
+        sc.supplemental_groups_policy = 7;
+        let err = resolve_user(root.path(), Some(&sc), "").unwrap_err();
+        assert!(err.to_string().contains("unknown policy"), "{err}");
     }
 
     #[test]
