@@ -135,10 +135,21 @@ fn configured_socket(config: Option<&PathBuf>) -> anyhow::Result<PathBuf> {
     Ok(Config::load(&path, required)?.listen)
 }
 
+/// `crust ps | head` must end quietly when the reader goes, as other Unix tools do, not
+/// panic in `println!` on EPIPE: the client takes SIGPIPE's default action back (Rust
+/// ignores it). The daemon keeps ignoring it; its peers may close sockets at any time.
+fn client_dies_on_closed_pipe() {
+    // SAFETY: called first thing in main, before any thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     // Installed as a link named `crust`, the binary is the client.
     let invoked_as = std::env::args_os().next().map(PathBuf::from);
     if invoked_as.as_deref().and_then(|p| p.file_name()) == Some("crust".as_ref()) {
+        client_dies_on_closed_pipe();
         let cli = CtlCli::parse();
         let socket = configured_socket(cli.config.as_ref())?;
         std::process::exit(ctl::main(cli.args, socket)?);
@@ -146,6 +157,7 @@ fn main() -> anyhow::Result<()> {
     let mut cli = Cli::parse();
     match cli.command.take() {
         Some(Command::Ctl(args)) => {
+            client_dies_on_closed_pipe();
             let socket = match &cli.listen {
                 Some(listen) => listen.clone(),
                 None => configured_socket(cli.config.as_ref())?,

@@ -604,3 +604,28 @@ async fn a_pause_image_replaces_the_built_in_pause() {
             == 0
     );
 }
+
+/// `crust version | grep -q ...` under pipefail, or `crust pods | head`: the client ends
+/// by SIGPIPE when its reader goes, never by a panic in `println!` (exit 101).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_client_ends_quietly_when_its_reader_goes() {
+    use std::os::unix::process::ExitStatusExt;
+    let d = Crustd::start().await;
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let out = Command::new(env!("CARGO_BIN_EXE_crustd"))
+        .arg("--listen")
+        .arg(d.socket())
+        .args(["ctl", "version"])
+        .stdout(writer)
+        .output()
+        .expect("run crustd ctl");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGPIPE),
+        "{:?}: {stderr}",
+        out.status
+    );
+}
