@@ -454,7 +454,10 @@ async fn recursive_read_only_mounts() {
         .into_iter()
         .filter(|m| m.contains("/rro/"))
         .collect();
-    assert!(staged.is_empty(), "a staged tree stayed mounted: {staged:?}");
+    assert!(
+        staged.is_empty(),
+        "a staged tree stayed mounted: {staged:?}"
+    );
     let out = exec_sync(
         &mut p,
         &rro,

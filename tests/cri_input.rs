@@ -59,7 +59,7 @@ fn other_pod(p: &TestPod, name: &str) -> cri::PodSandboxConfig {
 async fn hostile_pod_configs_are_refused_before_anything_is_made() {
     let mut p = TestPod::set_up(oci::busybox_image(), "").await;
     let mounts = cni::mounts_under(p.d.dir()).len();
-    let veths = cni::veths();
+    let veths = cni::veths_on(&p.net.bridge);
     let dns = |servers: &[&str], searches: &[&str], options: &[&str]| cri::DnsConfig {
         servers: servers.iter().map(|s| s.to_string()).collect(),
         searches: searches.iter().map(|s| s.to_string()).collect(),
@@ -135,7 +135,7 @@ async fn hostile_pod_configs_are_refused_before_anything_is_made() {
         mounts,
         "a mount was left"
     );
-    assert_eq!(cni::veths(), veths, "a veth was left");
+    assert_eq!(cni::veths_on(&p.net.bridge), veths, "a veth was left");
     // The pod's own files were not touched by any of it.
     let id = p.run(p.config("c", &["sleep", "60"])).await;
     let resolv = exec(&mut p, &id, "cat /etc/resolv.conf /etc/hosts; hostname").await;

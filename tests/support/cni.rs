@@ -116,6 +116,19 @@ pub fn veths() -> Vec<String> {
         .collect()
 }
 
+/// The veths enslaved to `bridge`: a test's own, whatever other tests run beside it.
+pub fn veths_on(bridge: &str) -> Vec<String> {
+    let out = Command::new("ip")
+        .args(["-o", "link", "show", "master", bridge])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|n| n.split('@').next().unwrap_or(n).to_string())
+        .collect()
+}
+
 /// Mount points (from /proc/self/mountinfo) under `dir`.
 pub fn mounts_under(dir: &Path) -> Vec<String> {
     let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
