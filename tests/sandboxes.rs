@@ -12,7 +12,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use crust_proto::cri;
-use support::cni::{TestNetwork, in_netns, mounts_under};
+use support::cni::{self, TestNetwork, in_netns, mounts_under};
 use support::crustd::{CriClient, Crustd};
 use tonic::Code;
 
@@ -124,17 +124,6 @@ fn pid_alive(pid: i64) -> bool {
         .unwrap_or(false)
 }
 
-fn bridge_ports(bridge: &str) -> Vec<String> {
-    let out = Command::new("ip")
-        .args(["-o", "link", "show", "master", bridge])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_string)
-        .collect()
-}
-
 /// What a sandbox may leave behind anywhere: netns files, mounts, pod files, bundles,
 /// CNI cache entries, bridge ports, IP reservations.
 fn assert_nothing_left(d: &Crustd, net: &TestNetwork) {
@@ -159,9 +148,9 @@ fn assert_nothing_left(d: &Crustd, net: &TestNetwork) {
         .unwrap_or_default();
     assert!(cache.is_empty(), "cni cache left: {cache:?}");
     assert!(
-        bridge_ports(&net.bridge).is_empty(),
+        cni::veths_on(&net.bridge).is_empty(),
         "veths left: {:?}",
-        bridge_ports(&net.bridge)
+        cni::veths_on(&net.bridge)
     );
     assert!(
         net.reservations().is_empty(),

@@ -102,20 +102,6 @@ pub fn in_netns(netns: &Path, args: &[&str]) -> (bool, String) {
     )
 }
 
-/// Host interfaces whose name starts with `veth`.
-pub fn veths() -> Vec<String> {
-    let out = Command::new("ip")
-        .args(["-o", "link", "show"])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.split(": ").nth(1))
-        .map(|n| n.split('@').next().unwrap_or(n).to_string())
-        .filter(|n| n.starts_with("veth"))
-        .collect()
-}
-
 /// The veths enslaved to `bridge`: a test's own, whatever other tests run beside it.
 pub fn veths_on(bridge: &str) -> Vec<String> {
     let out = Command::new("ip")
