@@ -120,16 +120,11 @@ pub fn remove_empty_cgroup(path: &str) {
         return;
     };
     let root = Path::new("/sys/fs/cgroup");
-    // `/crust` is crust's own parent for pods that name none; it goes once empty.
-    let own_parent = rel
-        .strip_prefix("crust/")
-        .filter(|name| !name.contains('/'))
-        .map(|_| "crust");
-    for dir in std::iter::once(rel).chain(own_parent) {
-        let _ = std::fs::remove_dir(root.join(dir));
-        for entry in std::fs::read_dir(root).into_iter().flatten().flatten() {
-            let _ = std::fs::remove_dir(entry.path().join(dir));
-        }
+    // Only the pod's own cgroup goes: a shared parent such as `/crust` stays, because
+    // removing it races a runtime creating a sibling under it (mkdir ENOENT).
+    let _ = std::fs::remove_dir(root.join(rel));
+    for entry in std::fs::read_dir(root).into_iter().flatten().flatten() {
+        let _ = std::fs::remove_dir(entry.path().join(rel));
     }
 }
 
