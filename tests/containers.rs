@@ -977,3 +977,170 @@ async fn events_follow_a_container_life_in_order() {
         ]
     );
 }
+
+/// Runs a pod and a container under `driver` with a recording wrapper as the runtime;
+/// returns every runtime command line and the cgroups paths of pause and container.
+///
+/// PID 1 here is not systemd, so runc cannot create systemd units: the wrapper records
+/// the command line and drops `--systemd-cgroup` before calling the real runc, which then
+/// makes a cgroupfs directory of the `slice:prefix:name` path. What is checked is what
+/// crust hands the runtime for each driver; systemd's side is runc's.
+async fn under_cgroup_driver(driver: &str, cgroup_parent: &str) -> (Vec<String>, [String; 3]) {
+    let tools = tempfile::tempdir().unwrap();
+    let argv_log = tools.path().join("argv.log");
+    let wrapper = tools.path().join("runc");
+    fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nprintf '%s\\n' \"$*\" >> {argv_log:?}\n\
+             for a do shift; [ \"$a\" = --systemd-cgroup ] || set -- \"$@\" \"$a\"; done\n\
+             exec /usr/sbin/runc \"$@\"\n"
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let mut p = TestPod::set_up_configured(
+        oci::busybox_image(),
+        &format!("cgroup_driver = {driver:?}\n"),
+        &format!("[runtimes.runc]\npath = {wrapper:?}\n"),
+        &[r#"{"type":"loopback"}"#],
+    )
+    .await;
+    // A pod of its own, under the parent kubelet would give for this driver.
+    let mut config = p.sandbox_config.clone();
+    config.metadata.as_mut().unwrap().name = "driver".into();
+    config.metadata.as_mut().unwrap().uid = "uid-driver".into();
+    config.linux.as_mut().unwrap().cgroup_parent = cgroup_parent.into();
+    p.sandbox =
+        p.c.runtime
+            .run_pod_sandbox(cri::RunPodSandboxRequest {
+                config: Some(config.clone()),
+                runtime_handler: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .pod_sandbox_id;
+    p.sandbox_config = config;
+    let id = p.run(p.config("c", &["/bin/sleep", "1000"])).await;
+    let r = p.exec(&id, &["true"], 5).await.unwrap();
+    assert_eq!(r.exit_code, 0);
+    p.c.runtime
+        .update_container_resources(cri::UpdateContainerResourcesRequest {
+            container_id: id.clone(),
+            linux: Some(cri::LinuxContainerResources {
+                cpu_shares: 512,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let bundles = p.d.dir().join("state/bundles");
+    let cgroups_path = |id: &str| {
+        let spec: serde_json::Value =
+            serde_json::from_slice(&fs::read(bundles.join(id).join("config.json")).unwrap())
+                .unwrap();
+        spec["linux"]["cgroupsPath"].as_str().unwrap().to_owned()
+    };
+    let paths = [cgroups_path(&p.sandbox), cgroups_path(&id), id.clone()];
+    // The cgroups runc made for them, removed at the end (the wrapper's cgroupfs
+    // directories for systemd paths are nobody's to clean up but this test's).
+    let pause_pid: i32 = fs::read_to_string(bundles.join(&p.sandbox).join("pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let (_, info) = p.status(&id).await;
+    let pid = info["pid"].as_i64().map(|pid| pid as i32);
+    let made: Vec<String> = [Some(pause_pid), pid]
+        .into_iter()
+        .flatten()
+        .flat_map(|pid| {
+            fs::read_to_string(format!("/proc/{pid}/cgroup"))
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| l.splitn(3, ':').nth(2).map(str::to_owned))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    p.stop(&id, 5).await;
+    p.remove(&id).await;
+    let sandbox = p.sandbox.clone();
+    p.c.runtime
+        .stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: sandbox.clone(),
+        })
+        .await
+        .unwrap();
+    p.c.runtime
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: sandbox,
+        })
+        .await
+        .unwrap();
+    for path in made.iter().filter(|p| p.contains(":crust:")) {
+        for ctrl in fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+            let _ = fs::remove_dir(ctrl.path().join(path.trim_start_matches('/')));
+        }
+    }
+    let calls = fs::read_to_string(&argv_log)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    (calls, paths)
+}
+
+/// The runtime subcommands crust runs, from a recorded command line.
+fn subcommand(line: &str) -> &str {
+    let words: Vec<&str> = line.split(' ').collect();
+    let format = words.iter().position(|w| *w == "json").map_or(0, |i| i + 1);
+    words[format..]
+        .iter()
+        .find(|w| **w != "--systemd-cgroup")
+        .copied()
+        .unwrap_or("")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_systemd_cgroup_driver_reaches_every_runtime_call() {
+    let parent = "kubepods-besteffort-poddriver.slice";
+    let (calls, [pause, container, id]) = under_cgroup_driver("systemd", parent).await;
+    let pause_id = pause.rsplit(':').next().unwrap();
+    assert_eq!(pause, format!("{parent}:crust:{pause_id}"));
+    assert_eq!(container, format!("{parent}:crust:{id}"));
+    let mut seen = std::collections::BTreeSet::new();
+    for line in calls.iter().filter(|l| l.contains("--root")) {
+        assert!(
+            line.contains(" --systemd-cgroup "),
+            "without the driver: {line}"
+        );
+        seen.insert(subcommand(line).to_owned());
+    }
+    for sub in ["run", "create", "start", "exec", "update", "kill", "delete"] {
+        assert!(seen.contains(sub), "no {sub} call in {calls:#?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cgroupfs_driver_passes_plain_paths() {
+    let parent = format!("/crust-test-driver-{}", std::process::id());
+    let (calls, [pause, container, id]) = under_cgroup_driver("cgroupfs", &parent).await;
+    assert!(pause.starts_with(&format!("{parent}/")), "{pause}");
+    assert_eq!(container, format!("{parent}/{id}"));
+    let mut seen = std::collections::BTreeSet::new();
+    for line in calls.iter().filter(|l| l.contains("--root")) {
+        assert!(!line.contains("--systemd-cgroup"), "{line}");
+        seen.insert(subcommand(line).to_owned());
+    }
+    assert!(
+        seen.contains("create") && seen.contains("exec"),
+        "{calls:#?}"
+    );
+    drop(support::pod::CgroupParent(parent));
+}

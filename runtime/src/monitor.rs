@@ -81,6 +81,10 @@ pub struct MonitorSpawn {
     pub stdin: bool,
     /// Close the container's stdin when the first client that wrote to it leaves.
     pub stdin_once: bool,
+    /// Run the runtime with `--systemd-cgroup` (the systemd cgroup driver): without
+    /// it, `create` would read a `slice:prefix:name` path as a cgroupfs path while
+    /// crustd's start, kill and delete use systemd.
+    pub systemd_cgroup: bool,
 }
 
 /// A monitor whose container is created (waiting for `<runtime> start`).
@@ -141,6 +145,7 @@ impl MonitorSpawn {
             (self.tty, "--tty"),
             (self.stdin, "--stdin"),
             (self.stdin_once, "--stdin-once"),
+            (self.systemd_cgroup, "--systemd-cgroup"),
         ] {
             if set {
                 args.push(flag.into());
@@ -567,6 +572,7 @@ mod tests {
             tty: false,
             stdin: false,
             stdin_once: false,
+            systemd_cgroup: false,
         }
     }
 
@@ -590,9 +596,12 @@ mod tests {
         spawn.tty = true;
         spawn.stdin = true;
         spawn.stdin_once = true;
+        spawn.systemd_cgroup = true;
         let args = line(&spawn.args(9, Duration::from_secs(30)).unwrap());
         assert!(
-            args.ends_with("--tty --stdin --stdin-once --create-timeout 35 --sync-fd 9"),
+            args.ends_with(
+                "--tty --stdin --stdin-once --systemd-cgroup --create-timeout 35 --sync-fd 9"
+            ),
             "{args}"
         );
     }

@@ -171,6 +171,11 @@ impl OciRuntime {
         &self.root
     }
 
+    /// Whether calls pass `--systemd-cgroup`.
+    pub fn systemd_cgroup(&self) -> bool {
+        self.systemd_cgroup
+    }
+
     /// The timeout of each call.
     pub fn timeout(&self) -> Duration {
         self.timeout

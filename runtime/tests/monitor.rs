@@ -216,6 +216,7 @@ impl Container {
             tty: false,
             stdin: false,
             stdin_once: false,
+            systemd_cgroup: false,
         }
     }
 
@@ -854,6 +855,7 @@ async fn zz_helper_spawns_a_monitor_and_dies() {
         tty: false,
         stdin: true,
         stdin_once: false,
+        systemd_cgroup: false,
     };
     let started = spawn_monitor(&spawn, SPAWN_TIMEOUT).await.unwrap();
     println!("MONITOR {} {}", started.monitor_pid, started.container_pid);

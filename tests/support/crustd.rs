@@ -43,6 +43,11 @@ impl Crustd {
 
     /// Starts crustd with `extra` TOML added to its config file.
     pub async fn start_with(extra: &str) -> Crustd {
+        Self::start_configured("", extra).await
+    }
+
+    /// Starts crustd with `top` top-level keys and `extra` tables in its config file.
+    pub async fn start_configured(top: &str, extra: &str) -> Crustd {
         let dir = tempfile::Builder::new()
             .prefix("crust-e2e-")
             .tempdir()
@@ -54,7 +59,7 @@ impl Crustd {
             child: None,
             dir,
             extra_config: extra.to_string(),
-            top_config: String::new(),
+            top_config: top.to_string(),
         };
         d.write_config();
         d.spawn().await;

@@ -63,9 +63,19 @@ impl TestPod {
     /// Like [`TestPod::set_up`], with `plugins` (JSON objects) after the network's
     /// bridge, host-local and portmap instead of the loopback plugin.
     pub async fn set_up_with_plugins(image: ImageSpec, extra: &str, plugins: &[&str]) -> TestPod {
+        Self::set_up_configured(image, "", extra, plugins).await
+    }
+
+    /// Like [`TestPod::set_up_with_plugins`], with `top` top-level config keys too.
+    pub async fn set_up_configured(
+        image: ImageSpec,
+        top: &str,
+        extra: &str,
+        plugins: &[&str],
+    ) -> TestPod {
         let reg = Registry::start();
         oci::push_image(&reg.host(), "test/box", "1", &image).await;
-        let d = Crustd::start_with(extra).await;
+        let d = Crustd::start_configured(top, extra).await;
         let net = TestNetwork::create_with(&d.cni_conf_dir(), d.dir(), plugins);
         let mut c = d.client().await;
         let name = format!("{}/test/box:1", reg.host());

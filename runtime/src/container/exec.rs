@@ -51,8 +51,11 @@ pub(super) fn base_command(runtime: &OciRuntime, r: &ContainerRecord) -> Command
         .arg("--log")
         .arg(r.bundle.join("log.json"))
         .arg("--log-format")
-        .arg("json")
-        .env_remove("NOTIFY_SOCKET")
+        .arg("json");
+    if runtime.systemd_cgroup() {
+        cmd.arg("--systemd-cgroup");
+    }
+    cmd.env_remove("NOTIFY_SOCKET")
         .stdin(Stdio::null())
         .kill_on_drop(true)
         .process_group(0);

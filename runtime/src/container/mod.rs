@@ -634,6 +634,7 @@ impl ContainerService {
             tty: record.config.tty,
             stdin: record.config.stdin,
             stdin_once: record.config.stdin_once,
+            systemd_cgroup: runtime.systemd_cgroup(),
         };
         let spawned_at = std::time::Instant::now();
         let started = monitor::spawn_monitor(&spawn, runtime.timeout()).await;
