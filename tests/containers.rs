@@ -583,6 +583,12 @@ async fn fifty_cycles_leave_nothing() {
         })
         .await
         .unwrap();
+    assert_nothing_left(&p);
+}
+
+/// No mount, state or runtime directory, monitor or container cgroup of the daemon is
+/// left once its pods are gone.
+fn assert_nothing_left(p: &Pod) {
     let dir = p.d.dir().to_path_buf();
     let mounts = support::cni::mounts_under(&dir);
     assert!(mounts.iter().all(|m| m.ends_with("/netns")), "{mounts:?}");
@@ -1143,4 +1149,90 @@ async fn the_cgroupfs_driver_passes_plain_paths() {
         "{calls:#?}"
     );
     drop(support::pod::CgroupParent(parent));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn creates_racing_a_pod_removal_leave_no_orphan() {
+    let mut p = pod().await;
+    for round in 0..16u64 {
+        let mut config = p.sandbox_config.clone();
+        config.metadata.as_mut().unwrap().name = format!("race{round}");
+        config.metadata.as_mut().unwrap().uid = format!("uid-race{round}");
+        let sandbox =
+            p.c.runtime
+                .run_pod_sandbox(cri::RunPodSandboxRequest {
+                    config: Some(config.clone()),
+                    runtime_handler: String::new(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .pod_sandbox_id;
+        let mut creator = p.c.clone();
+        let request = cri::CreateContainerRequest {
+            pod_sandbox_id: sandbox.clone(),
+            config: Some(p.config("c", &["/bin/sleep", "1000"])),
+            sandbox_config: Some(config),
+        };
+        let create = tokio::spawn(async move {
+            let id = creator
+                .runtime
+                .create_container(request)
+                .await?
+                .into_inner()
+                .container_id;
+            creator
+                .runtime
+                .start_container(cri::StartContainerRequest { container_id: id })
+                .await
+                .map(|_| ())
+        });
+        // Spread the removal over the create's whole span (a create takes ~100 ms).
+        tokio::time::sleep(Duration::from_millis(round * 15)).await;
+        let mut remover = p.c.clone();
+        if round % 2 == 0 {
+            remover
+                .runtime
+                .stop_pod_sandbox(cri::StopPodSandboxRequest {
+                    pod_sandbox_id: sandbox.clone(),
+                })
+                .await
+                .unwrap();
+        }
+        remover
+            .runtime
+            .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+                pod_sandbox_id: sandbox.clone(),
+            })
+            .await
+            .unwrap();
+        // The create either came first (and went with the pod) or was refused.
+        if let Err(e) = create.await.unwrap() {
+            assert!(
+                matches!(e.code(), Code::NotFound | Code::FailedPrecondition),
+                "round {round}: {e:?}"
+            );
+        }
+        let left =
+            p.c.runtime
+                .list_containers(cri::ListContainersRequest {
+                    filter: Some(cri::ContainerFilter {
+                        pod_sandbox_id: sandbox.clone(),
+                        ..Default::default()
+                    }),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .containers;
+        assert!(left.is_empty(), "round {round}: orphans {left:?}");
+    }
+    let sandbox = p.sandbox.clone();
+    p.c.runtime
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: sandbox,
+        })
+        .await
+        .unwrap();
+    assert_nothing_left(&p);
 }

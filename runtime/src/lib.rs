@@ -18,6 +18,7 @@ pub mod container;
 pub mod error;
 pub mod fsmode;
 pub mod inroot;
+pub mod keyed_lock;
 pub mod liveness;
 pub mod monitor;
 pub mod mountinfo;

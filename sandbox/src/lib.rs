@@ -15,7 +15,7 @@ mod validate;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use crust_cni::{Cni, PodNetwork, PortMapping, Protocol};
@@ -88,7 +88,7 @@ pub struct SandboxService {
     pause_rootfs: PathBuf,
     index: RwLock<Index>,
     /// Serializes stop and remove per sandbox.
-    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    locks: crust_runtime::keyed_lock::KeyedLocks,
 }
 
 fn step(
@@ -171,7 +171,7 @@ impl SandboxService {
             runtimes,
             pause_rootfs,
             index: RwLock::new(Index::default()),
-            locks: Mutex::new(HashMap::new()),
+            locks: Default::default(),
         });
         service.recover().await?;
         Ok(service)
@@ -186,10 +186,14 @@ impl SandboxService {
         self.index.write().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn lock_for(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
-        let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
-        locks.retain(|_, l| Arc::strong_count(l) > 1);
-        Arc::clone(locks.entry(id.to_string()).or_default())
+    /// Takes the lock of sandbox `id` (full id or unique prefix); `None` if there is
+    /// no such sandbox. Whoever changes a pod, its containers included, holds it: a
+    /// container create then either finishes before a stop or remove of its pod (which
+    /// then tears it down) or sees the pod stopped.
+    pub async fn lock(&self, id: &str) -> Option<SandboxLock> {
+        let id = self.get(id)?.id.clone();
+        let guard = self.locks.lock(&id).await;
+        Some(SandboxLock { id, _guard: guard })
     }
 
     async fn recover(self: &Arc<Self>) -> Result<()> {
@@ -199,7 +203,7 @@ impl SandboxService {
                 tracing::info!(sandbox = %record.id, "undoing a sandbox whose creation was interrupted");
                 let errors = self.release(&record, true).await;
                 if errors.is_empty() {
-                    record::delete(&self.db, &record.id)?;
+                    record::delete(&self.db, &record.id).await?;
                     continue;
                 }
                 // Could not undo everything: keep it NotReady for kubelet to remove.
@@ -212,7 +216,7 @@ impl SandboxService {
                 } else {
                     tracing::info!(sandbox = %record.id, pid = record.pid, "pause process died while crustd was away");
                     record.exited_at = Some(now_nanos());
-                    record::put(&self.db, &record)?;
+                    record::put(&self.db, &record).await?;
                 }
             }
             let mut index = self.index_mut();
@@ -234,18 +238,21 @@ impl SandboxService {
             let Some(service) = weak.upgrade() else {
                 return;
             };
-            service.mark_exited(&id);
+            service.mark_exited(&id).await;
         });
     }
 
-    fn mark_exited(&self, id: &str) {
+    /// Records the pause's exit under the sandbox's lock, so that it cannot overwrite
+    /// a concurrent stop, or bring back a record that a remove has just deleted.
+    async fn mark_exited(&self, id: &str) {
+        let _guard = self.locks.lock(id).await;
         let Some(current) = self.get(id) else { return };
         if current.exited_at.is_some() || current.stopped_at.is_some() {
             return;
         }
         let mut updated = (*current).clone();
         updated.exited_at = Some(now_nanos());
-        if let Err(e) = record::put(&self.db, &updated) {
+        if let Err(e) = record::put(&self.db, &updated).await {
             tracing::warn!(sandbox = %id, error = %e, "cannot record the pause exit");
         }
         tracing::info!(sandbox = %id, "pause process exited; sandbox is not ready");
@@ -361,7 +368,7 @@ impl SandboxService {
             cgroups_path: String::new(),
         };
         record.cgroups_path = self.cgroups_path(&record);
-        let outcome = match record::put(&self.db, &record) {
+        let outcome = match record::put(&self.db, &record).await {
             Ok(()) => self.bring_up(&mut record, &runtime, pause).await,
             Err(e) => Err(e),
         };
@@ -378,13 +385,13 @@ impl SandboxService {
                 tracing::warn!(sandbox = %id, error = %e, "sandbox failed; undoing");
                 let errors = self.release(&record, true).await;
                 if errors.is_empty() {
-                    let _ = record::delete(&self.db, &id);
+                    let _ = record::delete(&self.db, &id).await;
                     self.index_mut().names.remove(&key);
                 } else {
                     // Leave it NotReady for kubelet to remove rather than half-forgotten.
                     tracing::warn!(sandbox = %id, ?errors, "undo incomplete; keeping the sandbox as not ready");
                     record.stopped_at = Some(now_nanos());
-                    let _ = record::put(&self.db, &record);
+                    let _ = record::put(&self.db, &record).await;
                     self.index_mut().by_id.insert(id.clone(), Arc::new(record));
                 }
                 Err(e)
@@ -466,7 +473,7 @@ impl SandboxService {
         record.pid = pid;
         record.pid_start = liveness::start_time(pid).unwrap_or(0);
         record.ready_at = Some(now_nanos());
-        record::put(&self.db, record)?;
+        record::put(&self.db, record).await?;
         Ok(())
     }
 
@@ -707,15 +714,10 @@ impl SandboxService {
         errors
     }
 
-    /// Stops a sandbox: its pause process, network and shm. Stopping a stopped
-    /// sandbox succeeds; an unknown id is NotFound.
-    pub async fn stop(&self, id: &str) -> Result<()> {
-        let record = self
-            .get(id)
-            .ok_or_else(|| SandboxError::NotFound(id.to_string()))?;
-        let lock = self.lock_for(&record.id);
-        let _guard = lock.lock().await;
-        let Some(record) = self.get(&record.id) else {
+    /// Stops the locked sandbox: its pause process, network and shm. Stopping a
+    /// stopped or removed sandbox succeeds.
+    pub async fn stop(&self, lock: &SandboxLock) -> Result<()> {
+        let Some(record) = self.get(&lock.id) else {
             return Ok(());
         };
         if record.stopped_at.is_some() {
@@ -732,21 +734,16 @@ impl SandboxService {
         }
         let mut updated = (*record).clone();
         updated.stopped_at = Some(now_nanos());
-        record::put(&self.db, &updated)?;
+        record::put(&self.db, &updated).await?;
         self.index_mut()
             .by_id
             .insert(updated.id.clone(), Arc::new(updated));
         Ok(())
     }
 
-    /// Removes a sandbox, stopping it first if needed. An unknown id succeeds.
-    pub async fn remove(&self, id: &str) -> Result<()> {
-        let Some(record) = self.get(id) else {
-            return Ok(());
-        };
-        let lock = self.lock_for(&record.id);
-        let _guard = lock.lock().await;
-        let Some(record) = self.get(&record.id) else {
+    /// Removes the locked sandbox, stopping it first if needed. A removed one succeeds.
+    pub async fn remove(&self, lock: &SandboxLock) -> Result<()> {
+        let Some(record) = self.get(&lock.id) else {
             return Ok(());
         };
         let errors = self.release(&record, true).await;
@@ -758,7 +755,7 @@ impl SandboxService {
                 errors.join("; "),
             ));
         }
-        record::delete(&self.db, &record.id)?;
+        record::delete(&self.db, &record.id).await?;
         let mut index = self.index_mut();
         index.by_id.remove(&record.id);
         let key = name_key(&record.metadata());
@@ -766,6 +763,19 @@ impl SandboxService {
             index.names.remove(&key);
         }
         Ok(())
+    }
+}
+
+/// A held sandbox lock (see [`SandboxService::lock`]).
+pub struct SandboxLock {
+    id: String,
+    _guard: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl SandboxLock {
+    /// The full id of the locked sandbox.
+    pub fn id(&self) -> &str {
+        &self.id
     }
 }
 

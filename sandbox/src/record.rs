@@ -11,6 +11,7 @@
 //! ```
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use crust_proto::cri;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -110,21 +111,36 @@ pub fn load_all(db: &Database) -> Result<Vec<SandboxRecord>> {
     Ok(out)
 }
 
-/// Writes a record.
-pub fn put(db: &Database, record: &SandboxRecord) -> Result<()> {
+/// Writes a record. The durable commit (an fsync) runs on a blocking thread, not on
+/// the async worker that asked for it.
+pub async fn put(db: &Arc<Database>, record: &SandboxRecord) -> Result<()> {
     let bytes = serde_json::to_vec(record)
         .map_err(|e| SandboxError::Store(format!("encode {}: {e}", record.id)))?;
-    let txn = db.begin_write()?;
-    txn.open_table(SANDBOXES)?
-        .insert(record.id.as_str(), bytes.as_slice())?;
-    txn.commit()?;
-    Ok(())
+    let (db, id) = (Arc::clone(db), record.id.clone());
+    blocking(move || {
+        let txn = db.begin_write()?;
+        txn.open_table(SANDBOXES)?
+            .insert(id.as_str(), bytes.as_slice())?;
+        txn.commit()?;
+        Ok(())
+    })
+    .await
 }
 
-/// Deletes a record.
-pub fn delete(db: &Database, id: &str) -> Result<()> {
-    let txn = db.begin_write()?;
-    txn.open_table(SANDBOXES)?.remove(id)?;
-    txn.commit()?;
-    Ok(())
+/// Deletes a record, committing on a blocking thread.
+pub async fn delete(db: &Arc<Database>, id: &str) -> Result<()> {
+    let (db, id) = (Arc::clone(db), id.to_owned());
+    blocking(move || {
+        let txn = db.begin_write()?;
+        txn.open_table(SANDBOXES)?.remove(id.as_str())?;
+        txn.commit()?;
+        Ok(())
+    })
+    .await
+}
+
+async fn blocking(work: impl FnOnce() -> Result<()> + Send + 'static) -> Result<()> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| SandboxError::Store(format!("store task: {e}")))?
 }

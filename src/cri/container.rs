@@ -45,11 +45,22 @@ impl Cri {
         self.instrumented("StartContainer", async {
             let services = self.services()?;
             let containers = services.containers.clone();
+            let sandboxes = services.sandboxes.clone();
             let started = id.clone();
-            tokio::spawn(async move { containers.start(&started).await })
-                .await
-                .map_err(|e| Status::internal(format!("start task failed: {e}")))?
-                .map_err(|e| error::container_status(&e))?;
+            tokio::spawn(async move {
+                // Under the pod's lock, so that a stop or remove of the pod cannot
+                // interleave with the start.
+                let pod = match containers.get(&started) {
+                    Some(c) => sandboxes.lock(&c.sandbox_id).await,
+                    None => None,
+                };
+                let result = containers.start(&started).await;
+                drop(pod);
+                result
+            })
+            .await
+            .map_err(|e| Status::internal(format!("start task failed: {e}")))?
+            .map_err(|e| error::container_status(&e))?;
             services.events.emit(
                 &services,
                 &id,
@@ -242,9 +253,15 @@ async fn create(
     let config = req
         .config
         .ok_or_else(|| Status::invalid_argument("config: missing"))?;
-    let sandbox = services.sandboxes.get(&req.pod_sandbox_id).ok_or_else(|| {
-        Status::not_found(format!("pod sandbox {:?} not found", req.pod_sandbox_id))
-    })?;
+    let not_found = || Status::not_found(format!("pod sandbox {:?} not found", req.pod_sandbox_id));
+    // Held until the container is recorded: a stop or remove of the pod waits for it,
+    // and then tears it down with the rest.
+    let pod = services
+        .sandboxes
+        .lock(&req.pod_sandbox_id)
+        .await
+        .ok_or_else(not_found)?;
+    let sandbox = services.sandboxes.get(pod.id()).ok_or_else(not_found)?;
     if !sandbox.is_ready() {
         return Err(Status::failed_precondition(format!(
             "pod sandbox {} is not ready",

@@ -148,9 +148,16 @@ fn sandbox_matches(r: &crust_sandbox::SandboxRecord, f: &cri::PodSandboxFilter) 
 async fn stop_pod(services: Arc<Services>, id: String) -> Result<(), Status> {
     // Stopping what is not there succeeds, as in containerd and CRI-O: kubelet (and
     // critest's idempotence specs) stop sandboxes that may be long gone.
-    let Some(sandbox) = services.sandboxes.get(&id) else {
+    let unknown = || {
         tracing::debug!(sandbox = %id, "stop of an unknown pod sandbox");
-        return Ok(());
+        Ok(())
+    };
+    // Held throughout, so that no container can be created in the pod meanwhile.
+    let Some(lock) = services.sandboxes.lock(&id).await else {
+        return unknown();
+    };
+    let Some(sandbox) = services.sandboxes.get(lock.id()) else {
+        return unknown();
     };
     for c in services.containers.of_sandbox(&sandbox.id) {
         container::stop(
@@ -161,17 +168,11 @@ async fn stop_pod(services: Arc<Services>, id: String) -> Result<(), Status> {
         .await?;
     }
     let was_stopped = sandbox.stopped_at.is_some();
-    match services.sandboxes.stop(&sandbox.id).await {
-        Ok(()) => {}
-        // Removed by a concurrent RemovePodSandbox meanwhile: as good as stopped.
-        Err(e)
-            if e.kind() == crust_sandbox::ErrorKind::NotFound
-                && services.sandboxes.get(&sandbox.id).is_none() =>
-        {
-            return Ok(());
-        }
-        Err(e) => return Err(error::sandbox_status(&e)),
-    }
+    services
+        .sandboxes
+        .stop(&lock)
+        .await
+        .map_err(|e| error::sandbox_status(&e))?;
     if !was_stopped {
         services.events.emit(
             &services,
@@ -184,7 +185,10 @@ async fn stop_pod(services: Arc<Services>, id: String) -> Result<(), Status> {
 
 /// RemovePodSandbox's work: remove the pod's containers, then the sandbox.
 async fn remove_pod(services: Arc<Services>, id: String) -> Result<(), Status> {
-    let Some(sandbox) = services.sandboxes.get(&id) else {
+    let Some(lock) = services.sandboxes.lock(&id).await else {
+        return Ok(());
+    };
+    let Some(sandbox) = services.sandboxes.get(lock.id()) else {
         return Ok(());
     };
     for c in services.containers.of_sandbox(&sandbox.id) {
@@ -192,7 +196,7 @@ async fn remove_pod(services: Arc<Services>, id: String) -> Result<(), Status> {
     }
     services
         .sandboxes
-        .remove(&sandbox.id)
+        .remove(&lock)
         .await
         .map_err(|e| error::sandbox_status(&e))?;
     services

@@ -19,6 +19,7 @@ use crust_proto::cri;
 use redb::Database;
 use tokio::sync::watch;
 
+use crate::keyed_lock::KeyedLocks;
 use crate::liveness;
 use crate::monitor::{self, MonitorSpawn};
 use crate::oci::OciRuntime;
@@ -202,7 +203,8 @@ pub struct ContainerService {
     exit_hook: std::sync::OnceLock<ExitHook>,
     /// Serializes read-modify-write of records (an exit racing a start must not be
     /// overwritten by the start's older copy).
-    update_lock: Mutex<()>,
+    /// Per-container locks for read-modify-writes of a record and its removal.
+    locks: KeyedLocks,
 }
 
 /// A callback told the id of each container that exits.
@@ -237,7 +239,7 @@ impl ContainerService {
             exits: Mutex::new(HashMap::new()),
             host: HostFeatures::detect(),
             exit_hook: std::sync::OnceLock::new(),
-            update_lock: Mutex::new(()),
+            locks: KeyedLocks::default(),
         });
         service.recover().await?;
         Ok(service)
@@ -283,7 +285,7 @@ impl ContainerService {
             if r.pid == 0 {
                 tracing::info!(container = %r.id, "undoing a container whose creation was interrupted");
                 self.release(&r).await;
-                record::delete(&self.db, &r.id)?;
+                record::delete(&self.db, &r.id).await?;
                 continue;
             }
             if r.finished_at.is_none() {
@@ -291,7 +293,7 @@ impl ContainerService {
                     self.watch(&r.id, r.monitor_pid);
                 } else {
                     self.record_exit(&mut r);
-                    record::put(&self.db, &r)?;
+                    record::put(&self.db, &r).await?;
                 }
             }
             let key = record::name_key(&r.sandbox_id, &r.metadata());
@@ -350,34 +352,37 @@ impl ContainerService {
             let Some(service) = weak.upgrade() else {
                 return;
             };
-            service.on_monitor_exit(&id);
+            service.on_monitor_exit(&id).await;
         });
     }
 
-    /// Applies `change` to the current record, persists it, then publishes it.
-    fn update(
+    /// Applies `change` to the current record, persists it, then publishes it, under
+    /// the container's lock: a removed record is never written back.
+    async fn update(
         &self,
         id: &str,
         change: impl FnOnce(&mut ContainerRecord),
     ) -> Result<Option<Arc<ContainerRecord>>> {
-        let _guard = self.update_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let _guard = self.locks.lock(id).await;
         let Some(current) = self.get(id) else {
             return Ok(None);
         };
         let mut r = (*current).clone();
         change(&mut r);
-        record::put(&self.db, &r)?;
+        record::put(&self.db, &r).await?;
         Ok(Some(self.publish(r)))
     }
 
-    fn on_monitor_exit(&self, id: &str) {
+    async fn on_monitor_exit(&self, id: &str) {
         let mut exited = false;
-        let result = self.update(id, |r| {
-            if r.finished_at.is_none() {
-                self.record_exit(r);
-                exited = true;
-            }
-        });
+        let result = self
+            .update(id, |r| {
+                if r.finished_at.is_none() {
+                    self.record_exit(r);
+                    exited = true;
+                }
+            })
+            .await;
         match result {
             Ok(Some(r)) if exited => {
                 tracing::info!(container = %id, code = ?r.exit_code, reason = %r.reason, "container exited");
@@ -548,7 +553,7 @@ impl ContainerService {
             },
             resources: req.config.linux.as_ref().and_then(|l| l.resources.clone()),
         };
-        record::put(&self.db, &record)?;
+        record::put(&self.db, &record).await?;
         let outcome = self
             .bring_up(
                 &mut record,
@@ -567,7 +572,7 @@ impl ContainerService {
             }
             Err(e) => {
                 self.release(&record).await;
-                let _ = record::delete(&self.db, &id);
+                let _ = record::delete(&self.db, &id).await;
                 Err(e)
             }
         }
@@ -647,7 +652,7 @@ impl ContainerService {
         record.monitor_pid = started.monitor_pid;
         record.monitor_start = liveness::start_time(started.monitor_pid).unwrap_or(0);
         let stored_at = std::time::Instant::now();
-        record::put(&self.db, record)?;
+        record::put(&self.db, record).await?;
         tracing::debug!(container = %id, ?monitor_took, store_took = ?stored_at.elapsed(), "container created");
         Ok(())
     }
@@ -696,11 +701,22 @@ impl ContainerService {
             });
         }
         let runtime = self.runtime(&r.runtime_handler)?;
-        runtime.start(&r.id).await.map_err(rt(&r.id, "start"))?;
+        if let Err(e) = runtime.start(&r.id).await {
+            // Killed between create and start (a StopContainer meanwhile): a state
+            // error, not the runtime failing.
+            if !liveness::alive(r.pid, r.pid_start) {
+                return Err(ContainerError::State {
+                    id: r.id.clone(),
+                    message: "cannot start: it was stopped before it started".into(),
+                });
+            }
+            return Err(rt(&r.id, "start")(e));
+        }
         // The container may already have exited (and been recorded so): keep that.
         self.update(&r.id, |u| {
             u.started_at.get_or_insert_with(now_nanos);
-        })?;
+        })
+        .await?;
         Ok(())
     }
 
@@ -752,9 +768,12 @@ impl ContainerService {
         if r.finished_at.is_none() && r.pid > 0 {
             self.stop(&r.id, Duration::ZERO).await?;
         }
-        let current = self.get(&r.id).unwrap_or(r);
+        let _guard = self.locks.lock(&r.id).await;
+        let Some(current) = self.get(&r.id) else {
+            return Ok(None);
+        };
         self.release(&current).await;
-        record::delete(&self.db, &current.id)?;
+        record::delete(&self.db, &current.id).await?;
         let key = record::name_key(&current.sandbox_id, &current.metadata());
         let mut index = self.write();
         index.by_id.remove(&current.id);
@@ -786,7 +805,8 @@ impl ContainerService {
         }
         let runtime = self.runtime(&r.runtime_handler)?;
         exec::update(&runtime, &r, &resources).await?;
-        self.update(&r.id, |u| u.resources = Some(resources))?;
+        self.update(&r.id, |u| u.resources = Some(resources))
+            .await?;
         Ok(())
     }
 

@@ -9,6 +9,7 @@
 //! so recovery can tell a half-made container and undo it.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use crust_proto::cri;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -139,27 +140,40 @@ pub fn load_all(db: &Database) -> Result<Vec<ContainerRecord>> {
     Ok(out)
 }
 
-/// Writes a record.
-pub fn put(db: &Database, r: &ContainerRecord) -> Result<()> {
+/// Writes a record. The durable commit (an fsync) runs on a blocking thread, not on
+/// the async worker that asked for it.
+pub async fn put(db: &Arc<Database>, r: &ContainerRecord) -> Result<()> {
     let bytes = serde_json::to_vec(r).map_err(store)?;
-    let txn = db.begin_write().map_err(store)?;
-    txn.open_table(CONTAINERS)
-        .map_err(store)?
-        .insert(r.id.as_str(), bytes.as_slice())
-        .map_err(store)?;
-    txn.commit().map_err(store)?;
-    Ok(())
+    let (db, id) = (Arc::clone(db), r.id.clone());
+    blocking(move || {
+        let txn = db.begin_write().map_err(store)?;
+        txn.open_table(CONTAINERS)
+            .map_err(store)?
+            .insert(id.as_str(), bytes.as_slice())
+            .map_err(store)?;
+        txn.commit().map_err(store)?;
+        Ok(())
+    })
+    .await
 }
 
-/// Deletes a record.
-pub fn delete(db: &Database, id: &str) -> Result<()> {
-    let txn = db.begin_write().map_err(store)?;
-    txn.open_table(CONTAINERS)
-        .map_err(store)?
-        .remove(id)
-        .map_err(store)?;
-    txn.commit().map_err(store)?;
-    Ok(())
+/// Deletes a record, committing on a blocking thread.
+pub async fn delete(db: &Arc<Database>, id: &str) -> Result<()> {
+    let (db, id) = (Arc::clone(db), id.to_owned());
+    blocking(move || {
+        let txn = db.begin_write().map_err(store)?;
+        txn.open_table(CONTAINERS)
+            .map_err(store)?
+            .remove(id.as_str())
+            .map_err(store)?;
+        txn.commit().map_err(store)?;
+        Ok(())
+    })
+    .await
+}
+
+async fn blocking(work: impl FnOnce() -> Result<()> + Send + 'static) -> Result<()> {
+    tokio::task::spawn_blocking(work).await.map_err(store)?
 }
 
 fn store(e: impl std::fmt::Display) -> ContainerError {
