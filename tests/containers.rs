@@ -1236,3 +1236,69 @@ async fn creates_racing_a_pod_removal_leave_no_orphan() {
         .unwrap();
     assert_nothing_left(&p);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_remove_does_not_hold_up_other_calls() {
+    let mut p = pod().await;
+    let big = p.run(p.config("big", &["/bin/sleep", "1000"])).await;
+    // A writable layer that takes a while to delete: many files, as a container
+    // that unpacked a source tree would leave.
+    let upper = p.d.root().join("containers").join(&big).join("fs");
+    assert!(upper.is_dir(), "{upper:?}");
+    let many = upper.join("many");
+    fs::create_dir(&many).unwrap();
+    for i in 0..100_000 {
+        fs::File::create(many.join(i.to_string())).unwrap();
+    }
+    let mut other = p.sandbox_config.clone();
+    other.metadata.as_mut().unwrap().name = "other".into();
+    other.metadata.as_mut().unwrap().uid = "uid-other".into();
+    let other_pod =
+        p.c.runtime
+            .run_pod_sandbox(cri::RunPodSandboxRequest {
+                config: Some(other.clone()),
+                runtime_handler: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .pod_sandbox_id;
+    p.stop(&big, 0).await;
+    let mut remover = p.c.clone();
+    let removing = tokio::spawn(async move {
+        let started = Instant::now();
+        remover
+            .runtime
+            .remove_container(cri::RemoveContainerRequest { container_id: big })
+            .await
+            .unwrap();
+        started.elapsed()
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = Instant::now();
+    p.c.runtime
+        .version(cri::VersionRequest::default())
+        .await
+        .unwrap();
+    p.c.runtime
+        .list_containers(cri::ListContainersRequest::default())
+        .await
+        .unwrap();
+    let created =
+        p.c.runtime
+            .create_container(cri::CreateContainerRequest {
+                pod_sandbox_id: other_pod,
+                config: Some(p.config("meanwhile", &["/bin/sleep", "1000"])),
+                sandbox_config: Some(other),
+            })
+            .await;
+    let took = started.elapsed();
+    let still_removing = !removing.is_finished();
+    let remove_took = removing.await.unwrap();
+    created.unwrap();
+    assert!(
+        still_removing,
+        "the create ({took:?}) waited for the remove ({remove_took:?})"
+    );
+    assert!(took < Duration::from_secs(2), "{took:?}");
+}

@@ -225,16 +225,19 @@ impl LayerStore {
         Ok(())
     }
 
-    /// Deletes every layer neither in `referenced` nor leased. Returns what it deleted.
-    pub fn gc(&self, referenced: &HashSet<String>) -> Result<Vec<String>> {
+    /// Takes every layer neither in `referenced` nor leased out of the store: records
+    /// deleted, directories moved aside. The slow part, deleting the moved trees, is
+    /// the caller's, through [`Collected::delete`], once it holds no lock.
+    pub fn gc(&self, referenced: &HashSet<String>) -> Result<Collected> {
         let leased = self.leased();
         let doomed: Vec<String> = lock(&self.layers)
             .keys()
             .filter(|id| !referenced.contains(*id) && !leased.contains(*id))
             .cloned()
             .collect();
+        let mut collected = Collected::default();
         if doomed.is_empty() {
-            return Ok(doomed);
+            return Ok(collected);
         }
         // Record first, directory second: a crash in between leaves a directory without
         // a record, which the next open removes.
@@ -245,13 +248,14 @@ impl LayerStore {
                 .dir
                 .join(format!("tmp-del-{:016x}", rand::random::<u64>()));
             match fs::rename(&path, &trash) {
-                Ok(()) => remove_tree(&trash),
+                Ok(()) => collected.trash.push(trash),
                 Err(e) => {
                     tracing::warn!(layer = %id, error = %e, "cannot move layer away for deletion")
                 }
             }
         }
-        Ok(doomed)
+        collected.ids = doomed;
+        Ok(collected)
     }
 
     fn delete_records(&self, ids: &[String]) -> Result<()> {
@@ -268,6 +272,25 @@ impl LayerStore {
             layers.remove(id);
         }
         Ok(())
+    }
+}
+
+/// Layers a [`LayerStore::gc`] took out: their ids, and their trees, moved aside.
+/// A crash before [`Collected::delete`] leaves `tmp-*` trees, which the next open removes.
+#[derive(Debug, Default)]
+#[must_use = "the moved trees stay on disk until delete() runs"]
+pub struct Collected {
+    /// The layers removed.
+    pub ids: Vec<String>,
+    trash: Vec<PathBuf>,
+}
+
+impl Collected {
+    /// Deletes the moved trees: a disk walk, so a blocking thread's work.
+    pub fn delete(self) {
+        for tree in &self.trash {
+            remove_tree(tree);
+        }
     }
 }
 
@@ -329,10 +352,14 @@ mod tests {
         assert_eq!(s.usage(), (2, 2));
         let lease = s.lease([B.to_string()]);
         let gone = s.gc(&HashSet::new()).unwrap();
-        assert_eq!(gone, vec![A.to_string()]);
+        assert_eq!(gone.ids, vec![A.to_string()]);
         assert!(!s.path(A).exists());
+        gone.delete();
         drop(lease);
-        assert_eq!(s.gc(&HashSet::new()).unwrap(), vec![B.to_string()]);
+        let gone = s.gc(&HashSet::new()).unwrap();
+        assert_eq!(gone.ids, vec![B.to_string()]);
+        assert_eq!(fs::read_dir(s.dir()).unwrap().count(), 1, "the moved tree");
+        gone.delete();
         assert_eq!(fs::read_dir(s.dir()).unwrap().count(), 0);
     }
 

@@ -105,9 +105,10 @@ impl ImageService {
             meta: tokio::sync::Mutex::new(()),
         };
         let removed = service.layers.gc(&service.referenced_layers())?;
-        if !removed.is_empty() {
-            tracing::info!(count = removed.len(), "removed layers no image uses");
+        if !removed.ids.is_empty() {
+            tracing::info!(count = removed.ids.len(), "removed layers no image uses");
         }
+        removed.delete();
         Ok(service)
     }
 
@@ -185,9 +186,13 @@ impl ImageService {
         drop(lease);
         if outcome.is_err() {
             // Layers this pull committed but no image records are garbage now.
-            let _meta = self.meta.lock().await;
-            if let Err(e) = self.layers.gc(&self.referenced_layers()) {
-                tracing::warn!(error = %e, "layer cleanup after a failed pull");
+            let meta = self.meta.lock().await;
+            match self.layers.gc(&self.referenced_layers()) {
+                Ok(collected) => {
+                    drop(meta);
+                    delete_collected(collected).await;
+                }
+                Err(e) => tracing::warn!(error = %e, "layer cleanup after a failed pull"),
             }
         }
         outcome
@@ -274,7 +279,7 @@ impl ImageService {
     /// Removes an image by id (with all its names), or one of its names (and the image
     /// with its last tag). Absent images are not an error. Layers no longer used go too.
     pub async fn remove(&self, name: &str) -> Result<()> {
-        let _meta = self.meta.lock().await;
+        let meta = self.meta.lock().await;
         let Some(record) = self.resolve(name) else {
             return Ok(());
         };
@@ -296,7 +301,9 @@ impl ImageService {
             store::write(&self.db, &[&updated], &[])?;
             self.write().insert(Arc::new(updated));
         }
-        self.layers.gc(&self.referenced_layers())?;
+        let collected = self.layers.gc(&self.referenced_layers())?;
+        drop(meta);
+        delete_collected(collected).await;
         Ok(())
     }
 
@@ -405,9 +412,10 @@ impl ImageService {
     }
 
     /// Unmounts and deletes a container's rootfs and writable layer and unpins its
-    /// layers. Absent is fine.
+    /// layers. Absent is fine. The unmount and the deletion of the writable layer (which
+    /// can hold gigabytes) run on a blocking thread without the metadata lock, so other
+    /// creates and pulls go on meanwhile; only the unpinning takes the lock.
     pub async fn remove_rootfs(&self, container_id: &str) -> Result<()> {
-        let _meta = self.meta.lock().await;
         let pin = self
             .pins
             .lock()
@@ -417,25 +425,33 @@ impl ImageService {
         let Some(pin) = pin else {
             return Ok(());
         };
-        rootfs::unmount(&pin.mountpoint)
-            .map_err(|e| ImageError::io(format!("unmount {}", pin.mountpoint.display()), e))?;
-        let _ = std::fs::remove_dir(&pin.mountpoint);
-        match std::fs::remove_dir_all(&pin.rw_dir) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(ImageError::io(
-                    format!("remove {}", pin.rw_dir.display()),
-                    e,
-                ));
+        let (mountpoint, rw_dir) = (pin.mountpoint.clone(), pin.rw_dir.clone());
+        tokio::task::spawn_blocking(move || -> Result<()> {
+            rootfs::unmount(&mountpoint)
+                .map_err(|e| ImageError::io(format!("unmount {}", mountpoint.display()), e))?;
+            let _ = std::fs::remove_dir(&mountpoint);
+            match std::fs::remove_dir_all(&rw_dir) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    Err(ImageError::io(format!("remove {}", rw_dir.display()), e))
+                }
+                _ => Ok(()),
             }
-            _ => {}
-        }
-        rootfs::delete(&self.db, container_id)?;
+        })
+        .await
+        .map_err(|e| ImageError::io("remove rootfs", std::io::Error::other(e)))??;
+        let meta = self.meta.lock().await;
+        let (db, id) = (Arc::clone(&self.db), container_id.to_owned());
+        tokio::task::spawn_blocking(move || rootfs::delete(&db, &id))
+            .await
+            .map_err(|e| ImageError::io("unpin rootfs", std::io::Error::other(e)))??;
         self.pins
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(container_id);
         // Layers of an image removed while this container used them go now.
-        self.layers.gc(&self.referenced_layers())?;
+        let collected = self.layers.gc(&self.referenced_layers())?;
+        drop(meta);
+        delete_collected(collected).await;
         Ok(())
     }
 
@@ -456,5 +472,12 @@ impl ImageService {
             .unwrap_or_else(|p| p.into_inner())
             .get(container_id)
             .map(|p| p.rw_dir.join("fs"))
+    }
+}
+
+/// Deletes the trees a layer GC moved aside, on a blocking thread.
+async fn delete_collected(collected: layers::Collected) {
+    if let Err(e) = tokio::task::spawn_blocking(move || collected.delete()).await {
+        tracing::warn!(error = %e, "layer deletion task failed");
     }
 }
