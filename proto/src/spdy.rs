@@ -1077,7 +1077,12 @@ mod tests {
         buf = std::mem::take(&mut wire);
         let mut pieces = Vec::new();
         while let Some(frame) = codec.decode(&mut buf).unwrap() {
-            let Frame::Data { stream_id, fin, data } = frame else {
+            let Frame::Data {
+                stream_id,
+                fin,
+                data,
+            } = frame
+            else {
                 panic!("{frame:?}");
             };
             assert_eq!(stream_id, 5);
