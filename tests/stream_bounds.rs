@@ -336,8 +336,7 @@ async fn connections_beyond_the_limit_are_refused_before_the_upgrade() {
     let ws = port_forward_url(&mut p).await;
     let e = sc::ws_connect(&format!("{ws}?port=8080"), &["portforward.k8s.io"])
         .await
-        .err()
-        .expect("a fourth WebSocket is refused");
+        .expect_err("a fourth WebSocket is refused");
     assert_eq!(e.status, 503, "{e}");
     // One goes, and the refused request's token still works.
     conns.pop().unwrap().close().await;
@@ -417,7 +416,7 @@ async fn an_oversized_websocket_message_closes_the_connection() {
         }
     };
     let _ = tokio::time::timeout(Duration::from_secs(10), read).await;
-    assert_eq!(echoed, b"small");
+    assert!(echoed == b"small", "echoed {} bytes", echoed.len());
     let frame = close
         .expect("the connection was not closed")
         .expect("a close code");
