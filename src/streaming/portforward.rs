@@ -214,17 +214,17 @@ impl Pending {
         }
         *slot = Some(stream);
         pair.since.get_or_insert_with(tokio::time::Instant::now);
+        if pair.error.is_none() || pair.data.is_none() {
+            return Placed::Waiting;
+        }
         match self.pairs.remove(&request) {
             Some(Pair {
                 error: Some(error),
                 data: Some(data),
                 ..
             }) => Placed::Complete(error, data),
-            Some(pair) => {
-                self.pairs.insert(request, pair);
-                Placed::Waiting
-            }
-            None => Placed::Waiting,
+            // Both were just seen in place.
+            _ => Placed::Waiting,
         }
     }
 
@@ -272,10 +272,16 @@ pub async fn serve_spdy(
     let mut forwards = JoinSet::new();
     loop {
         let deadline = pending.next_deadline();
+        let expiry = async move {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
         let stream = tokio::select! {
             s = session.incoming.recv() => s,
             Some(_) = forwards.join_next() => continue,
-            _ = async { tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)).await }, if deadline.is_some() => {
+            _ = expiry => {
                 // As kubelet: a request whose other stream did not come is reset.
                 for id in pending.expired(tokio::time::Instant::now()) {
                     tracing::debug!(id, "port-forward: stream reset, its pair did not come in time");

@@ -14,7 +14,7 @@
 //! takes a slot, and the decompressed size of its headers, for as long as its
 //! [`Incoming`] lives (queued, waiting for a partner or in use), FIN or not. A
 //! stream beyond the slots is refused with RST_STREAM; a client that keeps opening
-//! streams after as many refusals, sends a header block over the limit or makes its
+//! streams after as many refusals in a row, sends a header block over the limit or makes its
 //! open streams' headers exceed the session's budget gets GOAWAY and the connection
 //! closes. So does a connection with no traffic either way for the idle timeout.
 
@@ -320,7 +320,7 @@ struct Reader {
     /// Where each stream's data goes, while the client may still send on it.
     streams: HashMap<u32, mpsc::Sender<Vec<u8>>>,
     last_id: u32,
-    /// Streams refused for want of a slot.
+    /// Streams refused for want of a slot since the last one accepted.
     refused: usize,
 }
 
@@ -473,6 +473,9 @@ impl Reader {
             );
             return Some(End::GoAway(PROTOCOL_ERROR));
         }
+        // Refusals count only while no stream gets in, so that a long-lived
+        // port-forward that now and then runs into the limit is not taken for a flood.
+        self.refused = 0;
         self.held.streams.fetch_add(1, Ordering::Relaxed);
         self.held
             .header_bytes
@@ -624,9 +627,24 @@ mod tests {
         held.pop();
         let id = c.syn(false, &[]).await;
         assert!(is_reply(&c.next().await, id));
-        // One refusal more than there are slots, and the client is flooding.
-        c.syn(false, &[]).await;
+        // One refusal more than there are slots since then, and the client is flooding.
+        for _ in 0..5 {
+            c.syn(false, &[]).await;
+        }
         let frames = c.rest().await;
+        let refused = frames
+            .iter()
+            .filter(|f| {
+                matches!(
+                    f,
+                    Frame::RstStream {
+                        status: REFUSED_STREAM,
+                        ..
+                    }
+                )
+            })
+            .count();
+        assert_eq!(refused, 5, "{frames:?}");
         assert!(
             matches!(
                 frames.last(),
