@@ -61,6 +61,24 @@ pub struct StreamingConfig {
     pub tls_key: Option<PathBuf>,
     /// How long a URL stays valid, in seconds (kubelet: one minute).
     pub token_ttl_secs: u64,
+    /// Seconds without a frame or message either way after which an upgraded
+    /// connection is closed (kubelet's and containerd's default: four hours).
+    pub idle_timeout_secs: u64,
+    /// Seconds a client has to open an exec or attach's streams, or the second
+    /// stream of a port-forward pair (kubelet: 30).
+    pub stream_creation_timeout_secs: u64,
+    /// Upgraded connections served at once; more are answered 503 before the upgrade.
+    pub max_connections: usize,
+    /// Streams one SPDY connection may have open or queued at once.
+    pub max_streams_per_session: usize,
+    /// Largest decompressed SPDY header block.
+    pub max_header_block_bytes: usize,
+    /// Decompressed header bytes one SPDY connection's open streams may hold together.
+    pub max_header_bytes: usize,
+    /// Port-forward streams waiting for their pair, per SPDY connection.
+    pub max_pending_port_forward_pairs: usize,
+    /// Largest WebSocket message (and frame) a client may send.
+    pub ws_max_message_bytes: usize,
 }
 
 impl Default for StreamingConfig {
@@ -71,6 +89,14 @@ impl Default for StreamingConfig {
             tls_cert: None,
             tls_key: None,
             token_ttl_secs: 60,
+            idle_timeout_secs: 4 * 60 * 60,
+            stream_creation_timeout_secs: 30,
+            max_connections: 128,
+            max_streams_per_session: 64,
+            max_header_block_bytes: 64 << 10,
+            max_header_bytes: 1 << 20,
+            max_pending_port_forward_pairs: 32,
+            ws_max_message_bytes: 1 << 20,
         }
     }
 }
@@ -222,6 +248,23 @@ port = 0
 # tls_key = "/etc/crust/streaming.key"
 # How long a URL works, once, after the call that issued it.
 token_ttl_secs = 60
+# Limits on what a client can make crustd hold. A connection that goes this many
+# seconds without a frame or message either way is closed.
+idle_timeout_secs = 14400
+# Time to open an exec or attach's streams, or a port-forward pair's second stream.
+stream_creation_timeout_secs = 30
+# Upgraded connections at once; more are answered 503 Service Unavailable.
+max_connections = 128
+# SPDY: streams open or queued per connection (more are refused with RST_STREAM and
+# a client that keeps trying gets GOAWAY), the largest decompressed header block and
+# the header bytes a connection's open streams may hold (more ends it with GOAWAY).
+max_streams_per_session = 64
+max_header_block_bytes = 65536
+max_header_bytes = 1048576
+# SPDY port-forward: streams waiting for the other stream of their pair.
+max_pending_port_forward_pairs = 32
+# WebSocket: the largest message or frame a client may send; more closes with 1009.
+ws_max_message_bytes = 1048576
 
 [registry]
 # Registry hosts in containerd's hosts.toml layout: one directory per registry host
@@ -311,8 +354,34 @@ impl Config {
         if self.streaming.tls_cert.is_some() != self.streaming.tls_key.is_some() {
             bail!("streaming.tls_cert and streaming.tls_key: set both or neither");
         }
-        if self.streaming.token_ttl_secs == 0 {
-            bail!("streaming.token_ttl_secs: must be at least 1");
+        let s = &self.streaming;
+        for (key, value) in [
+            ("token_ttl_secs", s.token_ttl_secs as usize),
+            ("idle_timeout_secs", s.idle_timeout_secs as usize),
+            (
+                "stream_creation_timeout_secs",
+                s.stream_creation_timeout_secs as usize,
+            ),
+            ("max_connections", s.max_connections),
+            ("max_streams_per_session", s.max_streams_per_session),
+            ("max_header_block_bytes", s.max_header_block_bytes),
+            ("max_header_bytes", s.max_header_bytes),
+            (
+                "max_pending_port_forward_pairs",
+                s.max_pending_port_forward_pairs,
+            ),
+            ("ws_max_message_bytes", s.ws_max_message_bytes),
+        ] {
+            if value == 0 {
+                bail!("streaming.{key}: must be at least 1");
+            }
+        }
+        if s.max_header_block_bytes > s.max_header_bytes {
+            bail!("streaming.max_header_block_bytes: must not exceed max_header_bytes");
+        }
+        // The SPDY length field has 24 bits: a larger block could never arrive.
+        if s.max_header_block_bytes >= 1 << 24 {
+            bail!("streaming.max_header_block_bytes: must be below 16 MiB");
         }
         for (host, creds) in &self.registry.auths {
             if creds.is_empty() {
@@ -364,6 +433,21 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("user"), "{e}");
+    }
+
+    #[test]
+    fn streaming_limits_are_checked() {
+        let c = Config::parse("[streaming]\nmax_connections = 2\nidle_timeout_secs = 5").unwrap();
+        assert_eq!(c.streaming.max_connections, 2);
+        assert_eq!(c.streaming.idle_timeout_secs, 5);
+        let e = Config::parse("[streaming]\nmax_streams_per_session = 0")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("streaming.max_streams_per_session"), "{e}");
+        let e = Config::parse("[streaming]\nmax_header_block_bytes = 2000000")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("streaming.max_header_block_bytes"), "{e}");
     }
 
     #[test]

@@ -371,6 +371,7 @@ async fn recover(config: Arc<Config>, streaming_url: String) -> anyhow::Result<c
     let streaming = Arc::new(streaming::StreamingServer::new(
         streaming_url,
         std::time::Duration::from_secs(config.streaming.token_ttl_secs),
+        streaming::Limits::from_config(&config.streaming),
         streaming::StreamContext {
             containers: Arc::clone(&containers),
             sandboxes: Arc::clone(&sandboxes),

@@ -58,9 +58,13 @@ mod kind {
     pub const WINDOW_UPDATE: u16 = 9;
 }
 
-/// Default limit on a frame's payload: 16 MiB, which the 24-bit length field
-/// cannot exceed anyway.
+/// Default limit on a control frame's payload: 16 MiB, which the 24-bit length
+/// field cannot exceed anyway.
 pub const DEFAULT_MAX_FRAME_LEN: usize = 16 << 20;
+/// Largest piece of a DATA frame [`HeaderCodec::decode`] hands out: a longer frame
+/// comes out as several `Data` frames, so a peer declaring 16 MiB of payload cannot
+/// make us buffer it whole.
+pub const MAX_DATA_CHUNK: usize = 64 * 1024;
 /// Default limit on one decompressed header block: 1 MiB, so that a few bytes
 /// of hostile deflate cannot expand into gigabytes.
 pub const DEFAULT_MAX_HEADER_BLOCK: usize = 1 << 20;
@@ -197,7 +201,7 @@ pub struct HeaderCodec {
     /// Decompresses incoming header blocks; the dictionary is supplied when the
     /// zlib stream asks for it.
     inflate: Decompress,
-    /// Largest frame payload accepted.
+    /// Largest control frame payload accepted (DATA frames are split instead).
     max_frame_len: usize,
     /// Largest decompressed header block accepted or produced.
     max_header_block: usize,
@@ -224,8 +228,8 @@ impl HeaderCodec {
         Self::with_limits(DEFAULT_MAX_FRAME_LEN, DEFAULT_MAX_HEADER_BLOCK)
     }
 
-    /// A codec for a new connection with explicit limits on frame payload and
-    /// decompressed header block sizes.
+    /// A codec for a new connection with explicit limits on control frame payload
+    /// and decompressed header block sizes.
     pub fn with_limits(max_frame_len: usize, max_header_block: usize) -> Self {
         Self {
             deflate: None,
@@ -420,7 +424,9 @@ impl HeaderCodec {
 
     /// Takes the next frame off the front of `buf`, returning `None` until a
     /// whole frame is buffered. Control frames of unknown types are consumed
-    /// and skipped. Any error is fatal for the connection.
+    /// and skipped. DATA frames longer than [`MAX_DATA_CHUNK`] come out in
+    /// pieces of that size, only the last carrying the frame's FIN. Any error is
+    /// fatal for the connection.
     pub fn decode(&mut self, buf: &mut Vec<u8>) -> Result<Option<Frame>, SpdyError> {
         loop {
             let Some(header) = buf.first_chunk::<FRAME_HEADER_LEN>() else {
@@ -428,7 +434,24 @@ impl HeaderCodec {
             };
             let len =
                 usize::from(header[5]) << 16 | usize::from(header[6]) << 8 | usize::from(header[7]);
-            if len > self.max_frame_len {
+            let is_data = header[0] & 0x80 == 0;
+            if is_data && len > MAX_DATA_CHUNK {
+                if buf.len() < FRAME_HEADER_LEN + MAX_DATA_CHUNK {
+                    return Ok(None);
+                }
+                let stream_id = nonzero("DATA", be32(&buf[0..4]))?;
+                let data = buf[FRAME_HEADER_LEN..FRAME_HEADER_LEN + MAX_DATA_CHUNK].to_vec();
+                // What remains stays a frame of its own, with the original flags.
+                let rest = (len - MAX_DATA_CHUNK) as u32;
+                buf.drain(FRAME_HEADER_LEN..FRAME_HEADER_LEN + MAX_DATA_CHUNK);
+                buf[5..8].copy_from_slice(&rest.to_be_bytes()[1..]);
+                return Ok(Some(Frame::Data {
+                    stream_id,
+                    fin: false,
+                    data,
+                }));
+            }
+            if !is_data && len > self.max_frame_len {
                 return Err(SpdyError::FrameTooLarge {
                     len,
                     max: self.max_frame_len,
@@ -1014,8 +1037,9 @@ mod tests {
     #[test]
     fn rejects_oversized_frames_before_buffering_them() {
         let mut codec = HeaderCodec::with_limits(1024, DEFAULT_MAX_HEADER_BLOCK);
-        // Only the header has arrived: the declared length is enough to refuse.
-        let mut buf = vec![0, 0, 0, 1, 0, 0x00, 0x04, 0x01];
+        // Only the header of a SETTINGS frame has arrived: the declared length is
+        // enough to refuse.
+        let mut buf = vec![0x80, 3, 0, 4, 0, 0x00, 0x04, 0x01];
         assert!(matches!(
             codec.decode(&mut buf),
             Err(SpdyError::FrameTooLarge {
@@ -1035,6 +1059,42 @@ mod tests {
             Err(SpdyError::FrameTooLarge { .. })
         ));
         assert_eq!(out, [1, 2, 3]);
+    }
+
+    #[test]
+    fn long_data_frames_come_out_in_bounded_pieces() {
+        let payload: Vec<u8> = (0..MAX_DATA_CHUNK * 2 + 10).map(|i| i as u8).collect();
+        let frame = Frame::Data {
+            stream_id: 5,
+            fin: true,
+            data: payload.clone(),
+        };
+        let mut wire = encode_all(&mut HeaderCodec::new(), &[frame]);
+        let mut codec = HeaderCodec::with_limits(1024, 1024);
+        // Half a chunk is not enough to hand anything out.
+        let mut buf = wire[..FRAME_HEADER_LEN + MAX_DATA_CHUNK / 2].to_vec();
+        assert_eq!(codec.decode(&mut buf).unwrap(), None);
+        buf = std::mem::take(&mut wire);
+        let mut pieces = Vec::new();
+        while let Some(frame) = codec.decode(&mut buf).unwrap() {
+            let Frame::Data {
+                stream_id,
+                fin,
+                data,
+            } = frame
+            else {
+                panic!("{frame:?}");
+            };
+            assert_eq!(stream_id, 5);
+            assert!(data.len() <= MAX_DATA_CHUNK);
+            pieces.push((fin, data));
+        }
+        assert!(buf.is_empty());
+        assert_eq!(pieces.len(), 3);
+        let fins: Vec<bool> = pieces.iter().map(|(f, _)| *f).collect();
+        assert_eq!(fins, [false, false, true]);
+        let joined: Vec<u8> = pieces.into_iter().flat_map(|(_, d)| d).collect();
+        assert_eq!(joined, payload);
     }
 
     #[test]

@@ -160,6 +160,24 @@ fn route(server: Arc<StreamingServer>, mut req: Request<hyper::body::Incoming>) 
     else {
         return plain(StatusCode::NOT_FOUND, "not found");
     };
+    // Checked before the token is spent, so that a client may try again with it.
+    let Ok(permit) = Arc::clone(&server.connections).try_acquire_owned() else {
+        tracing::info!(
+            max = server.limits.max_connections,
+            "streaming: connection refused, too many"
+        );
+        let mut response = plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "too many streaming connections (at most {})",
+                server.limits.max_connections
+            ),
+        );
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return response;
+    };
     let Some(parked) = server.redeem(kind, token) else {
         return plain(
             StatusCode::NOT_FOUND,
@@ -174,7 +192,7 @@ fn route(server: Arc<StreamingServer>, mut req: Request<hyper::body::Incoming>) 
         );
     }
     if header_has(headers, header::UPGRADE, "websocket") {
-        return super::ws::upgrade(server, parked, &mut req);
+        return super::ws::upgrade(server, parked, permit, &mut req);
     }
     if !header_has(headers, header::UPGRADE, "SPDY/3.1") {
         return plain(StatusCode::BAD_REQUEST, "upgrade to SPDY/3.1 or websocket");
@@ -208,7 +226,10 @@ fn route(server: Arc<StreamingServer>, mut req: Request<hyper::body::Incoming>) 
     };
     let upgrade = hyper::upgrade::on(&mut req);
     let ctx = server.ctx.clone();
+    let limits = server.limits.clone();
     tokio::spawn(async move {
+        // Held for as long as the connection is served.
+        let _permit = permit;
         let upgraded = match upgrade.await {
             Ok(u) => u,
             Err(e) => {
@@ -216,13 +237,13 @@ fn route(server: Arc<StreamingServer>, mut req: Request<hyper::body::Incoming>) 
                 return;
             }
         };
-        let session = Session::start(TokioIo::new(upgraded), Vec::new());
+        let session = Session::start(TokioIo::new(upgraded), Vec::new(), &limits);
         match parked {
             Parked::Remote(command) => {
-                super::spdy_remote::serve(session, protocol, command, ctx).await
+                super::spdy_remote::serve(session, protocol, command, ctx, &limits).await
             }
             Parked::PortForward { sandbox_id } => {
-                super::portforward::serve_spdy(session, sandbox_id, ctx).await
+                super::portforward::serve_spdy(session, sandbox_id, ctx, &limits).await
             }
         }
     });

@@ -12,6 +12,7 @@
 
 mod fdio;
 mod http;
+mod idle;
 mod portforward;
 pub mod remote;
 mod spdy_remote;
@@ -148,20 +149,73 @@ impl Parked {
     }
 }
 
+/// What one client can make the streaming server hold, and for how long.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// An upgraded connection with no traffic either way for this long is closed.
+    pub idle_timeout: Duration,
+    /// Time to open a remote command's streams or a port-forward pair's second one.
+    pub stream_creation_timeout: Duration,
+    /// Upgraded connections at once.
+    pub max_connections: usize,
+    /// SPDY streams open or queued per connection.
+    pub max_streams: usize,
+    /// Largest decompressed SPDY header block.
+    pub max_header_block: usize,
+    /// Decompressed header bytes held by one connection's open streams.
+    pub max_header_bytes: usize,
+    /// Port-forward streams waiting for their pair, per connection.
+    pub max_pending_pairs: usize,
+    /// Largest WebSocket message or frame from a client.
+    pub ws_max_message: usize,
+}
+
+impl Limits {
+    /// The limits `config` sets.
+    pub fn from_config(config: &StreamingConfig) -> Limits {
+        Limits {
+            idle_timeout: Duration::from_secs(config.idle_timeout_secs),
+            stream_creation_timeout: Duration::from_secs(config.stream_creation_timeout_secs),
+            max_connections: config.max_connections,
+            max_streams: config.max_streams_per_session,
+            max_header_block: config.max_header_block_bytes,
+            max_header_bytes: config.max_header_bytes,
+            max_pending_pairs: config.max_pending_port_forward_pairs,
+            ws_max_message: config.ws_max_message_bytes,
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits::from_config(&StreamingConfig::default())
+    }
+}
+
 /// Issues URLs for validated requests and serves them.
 pub struct StreamingServer {
     base_url: String,
     tokens: Tokens<Parked>,
     ctx: StreamContext,
+    limits: Limits,
+    /// One permit per upgraded connection being served.
+    connections: Arc<tokio::sync::Semaphore>,
 }
 
 impl StreamingServer {
     /// A server whose URLs start with `base_url` (`http://127.0.0.1:PORT`).
-    pub fn new(base_url: String, token_ttl: Duration, ctx: StreamContext) -> StreamingServer {
+    pub fn new(
+        base_url: String,
+        token_ttl: Duration,
+        limits: Limits,
+        ctx: StreamContext,
+    ) -> StreamingServer {
         StreamingServer {
             base_url,
             tokens: Tokens::new(token_ttl),
             ctx,
+            connections: Arc::new(tokio::sync::Semaphore::new(limits.max_connections)),
+            limits,
         }
     }
 

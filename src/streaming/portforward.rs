@@ -16,9 +16,11 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_tungstenite::WebSocketStream;
 
-use super::StreamContext;
-use super::spdy_session::{Incoming, Session, StreamWriter};
+use super::spdy_session::{
+    CANCEL, Incoming, PROTOCOL_ERROR, REFUSED_STREAM, Session, StreamWriter,
+};
 use super::ws::{ChannelWriter, Channels};
+use super::{Limits, StreamContext};
 
 /// How long connecting to the pod's port may take.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -160,24 +162,141 @@ async fn forward_spdy(
     }
 }
 
+/// A request's streams until both have arrived.
+#[derive(Default)]
+struct Pair {
+    error: Option<Incoming>,
+    data: Option<Incoming>,
+    /// When the first one arrived.
+    since: Option<tokio::time::Instant>,
+}
+
+impl Pair {
+    fn ids(&self) -> impl Iterator<Item = u32> + '_ {
+        [&self.error, &self.data]
+            .into_iter()
+            .flatten()
+            .map(|s| s.id)
+    }
+}
+
+/// Streams waiting for their partner, by request id, within a limit on how many
+/// requests may wait and for how long.
+struct Pending {
+    pairs: HashMap<String, Pair>,
+    max: usize,
+    timeout: Duration,
+}
+
+/// Where a stream went.
+enum Placed {
+    /// Its partner is there: both, ready to forward.
+    Complete(Incoming, Incoming),
+    /// Waiting for its partner.
+    Waiting,
+    /// Refused with this RST_STREAM status.
+    Refused(u32),
+}
+
+impl Pending {
+    fn place(&mut self, request: String, is_data: bool, stream: Incoming) -> Placed {
+        if !self.pairs.contains_key(&request) && self.pairs.len() >= self.max {
+            return Placed::Refused(REFUSED_STREAM);
+        }
+        let pair = self.pairs.entry(request.clone()).or_default();
+        let slot = if is_data {
+            &mut pair.data
+        } else {
+            &mut pair.error
+        };
+        if slot.is_some() {
+            return Placed::Refused(PROTOCOL_ERROR);
+        }
+        *slot = Some(stream);
+        pair.since.get_or_insert_with(tokio::time::Instant::now);
+        if pair.error.is_none() || pair.data.is_none() {
+            return Placed::Waiting;
+        }
+        match self.pairs.remove(&request) {
+            Some(Pair {
+                error: Some(error),
+                data: Some(data),
+                ..
+            }) => Placed::Complete(error, data),
+            // Both were just seen in place.
+            _ => Placed::Waiting,
+        }
+    }
+
+    /// When the longest-waiting request runs out of time.
+    fn next_deadline(&self) -> Option<tokio::time::Instant> {
+        self.pairs
+            .values()
+            .filter_map(|p| p.since)
+            .min()
+            .map(|t| t + self.timeout)
+    }
+
+    /// Takes out the streams of requests that waited too long.
+    fn expired(&mut self, now: tokio::time::Instant) -> Vec<u32> {
+        let timeout = self.timeout;
+        let mut ids = Vec::new();
+        self.pairs.retain(|_, pair| {
+            let keep = pair.since.is_some_and(|t| t + timeout > now);
+            if !keep {
+                ids.extend(pair.ids());
+            }
+            keep
+        });
+        ids
+    }
+}
+
 /// Serves port-forward requests on an upgraded SPDY connection until the client
 /// leaves.
-pub async fn serve_spdy(mut session: Session, sandbox_id: String, ctx: StreamContext) {
+///
+/// Unlike a remote command, a port-forward connection may rightly sit without
+/// streams: kubectl opens it first and streams only when a local connection comes.
+pub async fn serve_spdy(
+    mut session: Session,
+    sandbox_id: String,
+    ctx: StreamContext,
+    limits: &Limits,
+) {
     let writer = session.writer();
-    // Streams waiting for their partner, by request id: (error, data).
-    let mut waiting: HashMap<String, (Option<Incoming>, Option<Incoming>)> = HashMap::new();
+    let mut pending = Pending {
+        pairs: HashMap::new(),
+        max: limits.max_pending_pairs,
+        timeout: limits.stream_creation_timeout,
+    };
     let mut forwards = JoinSet::new();
     loop {
+        let deadline = pending.next_deadline();
+        let expiry = async move {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
         let stream = tokio::select! {
             s = session.incoming.recv() => s,
             Some(_) = forwards.join_next() => continue,
+            _ = expiry => {
+                // As kubelet: a request whose other stream did not come is reset.
+                for id in pending.expired(tokio::time::Instant::now()) {
+                    tracing::debug!(id, "port-forward: stream reset, its pair did not come in time");
+                    writer.reset(id, CANCEL).await;
+                }
+                continue;
+            }
         };
         let Some(stream) = stream else { break };
         let is_data = match stream.header("streamtype") {
             Some("data") => true,
             Some("error") => false,
             other => {
-                tracing::debug!(stream_type = ?other, "port-forward: unknown stream ignored");
+                tracing::debug!(stream_type = ?other, "port-forward: unknown stream reset");
+                writer.reset(stream.id, PROTOCOL_ERROR).await;
                 continue;
             }
         };
@@ -187,23 +306,22 @@ pub async fn serve_spdy(mut session: Session, sandbox_id: String, ctx: StreamCon
             None if is_data => stream.id.saturating_sub(2).to_string(),
             None => stream.id.to_string(),
         };
-        let entry = waiting.entry(request.clone()).or_default();
-        if is_data {
-            entry.1.get_or_insert(stream);
-        } else {
-            entry.0.get_or_insert(stream);
-        }
-        if entry.0.is_some()
-            && entry.1.is_some()
-            && let Some((Some(error), Some(data))) = waiting.remove(&request)
-        {
-            forwards.spawn(forward_spdy(
-                writer.clone(),
-                ctx.clone(),
-                sandbox_id.clone(),
-                error,
-                data,
-            ));
+        let id = stream.id;
+        match pending.place(request, is_data, stream) {
+            Placed::Complete(error, data) => {
+                forwards.spawn(forward_spdy(
+                    writer.clone(),
+                    ctx.clone(),
+                    sandbox_id.clone(),
+                    error,
+                    data,
+                ));
+            }
+            Placed::Waiting => {}
+            Placed::Refused(status) => {
+                tracing::debug!(id, status, "port-forward: stream refused");
+                writer.reset(id, status).await;
+            }
         }
     }
     forwards.abort_all();
@@ -244,13 +362,14 @@ pub async fn serve_ws<S>(
     ports: Vec<u16>,
     sandbox_id: String,
     ctx: StreamContext,
+    limits: &Limits,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     // Two channels a port, numbered by one byte.
     let ports: Vec<u16> = ports.into_iter().take(127).collect();
     let data_channels: Vec<u8> = (0..ports.len() as u8).map(|i| 2 * i).collect();
-    let mut channels = Channels::start(ws, base64, &data_channels);
+    let mut channels = Channels::start(ws, base64, &data_channels, limits.idle_timeout);
     let writer = channels.writer();
     let mut forwards = JoinSet::new();
     for (i, port) in ports.iter().enumerate() {
@@ -277,4 +396,65 @@ pub async fn serve_ws<S>(
     }
     forwards.abort_all();
     channels.close().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pending(max: usize) -> Pending {
+        Pending {
+            pairs: HashMap::new(),
+            max,
+            timeout: Duration::from_secs(30),
+        }
+    }
+
+    #[test]
+    fn streams_pair_up_by_request() {
+        let mut p = pending(2);
+        let s = Incoming::detached;
+        assert!(matches!(p.place("1".into(), true, s(1)), Placed::Waiting));
+        assert!(matches!(p.place("2".into(), false, s(3)), Placed::Waiting));
+        match p.place("1".into(), false, s(5)) {
+            Placed::Complete(error, data) => assert_eq!((error.id, data.id), (5, 1)),
+            _ => panic!("request 1 is complete"),
+        }
+        assert_eq!(p.pairs.len(), 1);
+    }
+
+    #[test]
+    fn waiting_requests_are_limited_and_a_second_stream_of_a_kind_is_refused() {
+        let mut p = pending(2);
+        let s = Incoming::detached;
+        assert!(matches!(p.place("1".into(), true, s(1)), Placed::Waiting));
+        assert!(matches!(p.place("2".into(), true, s(3)), Placed::Waiting));
+        assert!(matches!(
+            p.place("3".into(), true, s(5)),
+            Placed::Refused(REFUSED_STREAM)
+        ));
+        assert!(matches!(
+            p.place("1".into(), true, s(7)),
+            Placed::Refused(PROTOCOL_ERROR)
+        ));
+        // The other half of a waiting request still comes in.
+        assert!(matches!(
+            p.place("2".into(), false, s(9)),
+            Placed::Complete(..)
+        ));
+    }
+
+    #[tokio::test]
+    async fn requests_whose_pair_does_not_come_expire() {
+        let mut p = pending(4);
+        let s = Incoming::detached;
+        assert_eq!(p.next_deadline(), None);
+        let before = tokio::time::Instant::now();
+        p.place("1".into(), true, s(1));
+        let deadline = p.next_deadline().unwrap();
+        assert!(deadline >= before + Duration::from_secs(30));
+        assert!(p.expired(deadline - Duration::from_secs(1)).is_empty());
+        assert_eq!(p.expired(deadline), vec![1]);
+        assert!(p.pairs.is_empty());
+    }
 }

@@ -12,11 +12,9 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use super::remote::{ClientStreams, Outcome};
-use super::spdy_session::{Incoming, Session};
-use super::{RemoteCommand, RemoteProtocol, StreamContext};
+use super::spdy_session::{Incoming, PROTOCOL_ERROR, Session};
+use super::{Limits, RemoteCommand, RemoteProtocol, StreamContext};
 
-/// How long the client has to open its streams, as kubelet's default.
-const STREAM_CREATION_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the client gets to read the end before the connection is closed.
 const LINGER: Duration = Duration::from_secs(5);
 
@@ -35,6 +33,7 @@ pub async fn serve(
     protocol: RemoteProtocol,
     command: RemoteCommand,
     ctx: StreamContext,
+    limits: &Limits,
 ) {
     let want = command.streams();
     let tty_merges_stderr = want.tty && protocol >= RemoteProtocol::V2;
@@ -47,7 +46,7 @@ pub async fn serve(
             && (!want.stderr || tty_merges_stderr || o.stderr.is_some())
             && (!wants_resize || o.resize.is_some())
     };
-    let deadline = tokio::time::Instant::now() + STREAM_CREATION_TIMEOUT;
+    let deadline = tokio::time::Instant::now() + limits.stream_creation_timeout;
     while !complete(&opened) {
         let stream = tokio::select! {
             s = session.incoming.recv() => s,
@@ -66,30 +65,41 @@ pub async fn serve(
             "stderr" => &mut opened.stderr,
             "resize" => &mut opened.resize,
             other => {
-                tracing::debug!(
-                    stream_type = other,
-                    "remote command: unknown stream ignored"
-                );
+                tracing::debug!(stream_type = other, "remote command: unknown stream reset");
+                session.writer().reset(stream.id, PROTOCOL_ERROR).await;
                 continue;
             }
         };
-        slot.get_or_insert(stream);
+        if slot.is_some() {
+            tracing::debug!(
+                id = stream.id,
+                "remote command: second stream of a kind reset"
+            );
+            session.writer().reset(stream.id, PROTOCOL_ERROR).await;
+            continue;
+        }
+        *slot = Some(stream);
     }
     let writer = session.writer();
     let mut pumps = tokio::task::JoinSet::new();
-    let mut output = |stream: Option<Incoming>, wanted: bool| {
-        let stream = stream.filter(|_| wanted)?;
+    // The streams stay in `opened` until the end, holding their slots in the session.
+    let mut output = |stream: &Option<Incoming>, wanted: bool| {
+        let stream = stream.as_ref().filter(|_| wanted)?;
         let (tx, rx) = mpsc::channel(8);
         pumps.spawn(writer.clone().pump(stream.id, rx));
         Some(tx)
     };
-    let stdout = output(opened.stdout, want.stdout);
-    let stderr = output(opened.stderr, want.stderr && !want.tty);
+    let stdout = output(&opened.stdout, want.stdout);
+    let stderr = output(&opened.stderr, want.stderr && !want.tty);
     let client = ClientStreams {
-        stdin: opened.stdin.filter(|_| want.stdin).map(|s| s.data),
+        stdin: opened
+            .stdin
+            .as_mut()
+            .filter(|_| want.stdin)
+            .map(Incoming::take_data),
         stdout,
         stderr,
-        resize: opened.resize.map(|s| s.data),
+        resize: opened.resize.as_mut().map(Incoming::take_data),
         gone: session.gone.clone(),
     };
     let outcome = command.run(&ctx, client).await;

@@ -20,12 +20,14 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_util::sync::CancellationToken;
 
+use super::idle::Activity;
 use super::remote::ClientStreams;
-use super::{Parked, RemoteCommand, RemoteProtocol, StreamContext, StreamingServer};
+use super::{Limits, Parked, RemoteCommand, RemoteProtocol, StreamContext, StreamingServer};
 
 /// Remote-command channels.
 const STDIN: u8 = 0;
@@ -65,6 +67,7 @@ fn refuse(status: StatusCode, text: String) -> Response<Body> {
 pub fn upgrade(
     server: Arc<StreamingServer>,
     parked: Parked,
+    permit: tokio::sync::OwnedSemaphorePermit,
     req: &mut Request<hyper::body::Incoming>,
 ) -> Response<Body> {
     let headers = req.headers();
@@ -114,7 +117,10 @@ pub fn upgrade(
     };
     let upgrade = hyper::upgrade::on(req);
     let ctx = server.ctx.clone();
+    let limits = server.limits.clone();
     tokio::spawn(async move {
+        // Held for as long as the connection is served.
+        let _permit = permit;
         let upgraded = match upgrade.await {
             Ok(u) => u,
             Err(e) => {
@@ -122,11 +128,18 @@ pub fn upgrade(
                 return;
             }
         };
-        let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+        let config = WebSocketConfig::default()
+            .max_message_size(Some(limits.ws_max_message))
+            .max_frame_size(Some(limits.ws_max_message));
+        let ws =
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
+                .await;
         match parked {
-            Parked::Remote(command) => serve_remote(ws, version, base64, command, ctx).await,
+            Parked::Remote(command) => {
+                serve_remote(ws, version, base64, command, ctx, &limits).await
+            }
             Parked::PortForward { sandbox_id } => {
-                super::portforward::serve_ws(ws, base64, ports, sandbox_id, ctx).await
+                super::portforward::serve_ws(ws, base64, ports, sandbox_id, ctx, &limits).await
             }
         }
     });
@@ -167,7 +180,7 @@ pub fn ports_of(query: &str) -> Result<Vec<u16>, String> {
 
 enum Out {
     Data(u8, Vec<u8>),
-    Close,
+    Close(Option<CloseFrame>),
 }
 
 /// Sends on the connection's channels; cheap to clone.
@@ -205,7 +218,13 @@ pub struct Channels {
 
 impl Channels {
     /// Starts reading and writing `ws`; data for channels outside `inputs` is dropped.
-    pub fn start<S>(ws: WebSocketStream<S>, base64: bool, inputs: &[u8]) -> Channels
+    /// A connection without traffic either way for `idle_timeout` is closed.
+    pub fn start<S>(
+        ws: WebSocketStream<S>,
+        base64: bool,
+        inputs: &[u8],
+        idle_timeout: std::time::Duration,
+    ) -> Channels
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -219,12 +238,25 @@ impl Channels {
             senders.insert(ch, tx);
             receivers.insert(ch, rx);
         }
-        let writer_task = tokio::spawn(write_messages(sink, out_rx, base64));
-        let reader_task = tokio::spawn(read_messages(stream, senders, base64, gone.clone()));
+        let activity = Arc::new(Activity::new());
+        let writer_task = tokio::spawn(write_messages(sink, out_rx, base64, Arc::clone(&activity)));
+        let writer = ChannelWriter { out: out_tx };
+        let reader = read_messages(
+            stream,
+            senders,
+            base64,
+            Idle {
+                activity,
+                timeout: idle_timeout,
+            },
+            writer.clone(),
+            gone.clone(),
+        );
+        let reader_task = tokio::spawn(reader);
         Channels {
             inputs: receivers,
             gone,
-            writer: ChannelWriter { out: out_tx },
+            writer,
             writer_task,
             reader_task,
         }
@@ -237,7 +269,7 @@ impl Channels {
 
     /// Closes the connection once everything queued is written.
     pub async fn close(mut self) {
-        let _ = self.writer.out.send(Out::Close).await;
+        let _ = self.writer.out.send(Out::Close(None)).await;
         let _ = (&mut self.writer_task).await;
         // Give the client a moment to answer the close, then drop the socket.
         let _ =
@@ -256,14 +288,15 @@ async fn write_messages<S>(
     mut sink: futures_util::stream::SplitSink<WebSocketStream<S>, Message>,
     mut rx: mpsc::Receiver<Out>,
     base64: bool,
+    activity: Arc<Activity>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     while let Some(out) = rx.recv().await {
         let message = match out {
             Out::Data(ch, data) => encode(ch, &data, base64),
-            Out::Close => {
-                let _ = sink.send(Message::Close(None)).await;
+            Out::Close(frame) => {
+                let _ = sink.send(Message::Close(frame)).await;
                 let _ = sink.flush().await;
                 return;
             }
@@ -271,21 +304,56 @@ async fn write_messages<S>(
         if sink.feed(message).await.is_err() {
             return;
         }
-        if rx.is_empty() && sink.flush().await.is_err() {
-            return;
+        if rx.is_empty() {
+            if sink.flush().await.is_err() {
+                return;
+            }
+            activity.touch();
         }
     }
+}
+
+/// The idle timeout and what it is measured against.
+struct Idle {
+    activity: Arc<Activity>,
+    timeout: std::time::Duration,
 }
 
 async fn read_messages<S>(
     mut stream: futures_util::stream::SplitStream<WebSocketStream<S>>,
     mut senders: HashMap<u8, mpsc::Sender<Vec<u8>>>,
     base64: bool,
+    idle: Idle,
+    writer: ChannelWriter,
     gone: CancellationToken,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    while let Some(Ok(message)) = stream.next().await {
+    loop {
+        let wait = idle.timeout.saturating_sub(idle.activity.idle_for());
+        let message = match tokio::time::timeout(wait, stream.next()).await {
+            Err(_) if idle.activity.idle_for() >= idle.timeout => {
+                tracing::debug!("websocket: closing an idle connection");
+                let _ = writer.out.try_send(Out::Close(None));
+                break;
+            }
+            // We wrote meanwhile: not idle yet.
+            Err(_) => continue,
+            Ok(Some(Ok(message))) => message,
+            Ok(Some(Err(WsError::Capacity(e)))) => {
+                tracing::info!(error = %e, "websocket: closing a connection over its message limit");
+                let frame = CloseFrame {
+                    code: CloseCode::Size,
+                    reason: "message too big".into(),
+                };
+                // try_send: a writer stuck on a client that does not read must not
+                // keep us from ending.
+                let _ = writer.out.try_send(Out::Close(Some(frame)));
+                break;
+            }
+            Ok(Some(Err(_)) | None) => break,
+        };
+        idle.activity.touch();
         let Some((ch, data)) = (match message {
             Message::Close(_) => break,
             other => decode(other, base64),
@@ -348,6 +416,7 @@ async fn serve_remote<S>(
     base64: bool,
     command: RemoteCommand,
     ctx: StreamContext,
+    limits: &Limits,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -359,7 +428,7 @@ async fn serve_remote<S>(
     if want.tty {
         inputs.push(RESIZE);
     }
-    let mut channels = Channels::start(ws, base64, &inputs);
+    let mut channels = Channels::start(ws, base64, &inputs, limits.idle_timeout);
     let writer = channels.writer();
     // Kubelet tells the client the connection is up with an empty message on the
     // lowest channel it will write.
