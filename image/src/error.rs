@@ -119,6 +119,23 @@ impl ImageError {
         }
     }
 
+    /// The same error with `hint` added to a registry's message, for a cause the
+    /// registry cannot know (such as credentials we chose not to send).
+    pub(crate) fn with_hint(self, hint: &str) -> Self {
+        match self {
+            ImageError::Registry {
+                reference,
+                message,
+                kind,
+            } => ImageError::Registry {
+                reference,
+                message: format!("{message} ({hint})"),
+                kind,
+            },
+            other => other,
+        }
+    }
+
     /// An I/O error with the operation and path it happened on.
     pub(crate) fn io(context: impl Into<String>, source: io::Error) -> Self {
         ImageError::Io {

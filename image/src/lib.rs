@@ -135,19 +135,13 @@ impl ImageService {
     ) -> Result<PullOutcome> {
         let image = ImageRef::parse(reference)?;
         let name = image.to_string();
-        let creds = match auth.filter(|a| !a.is_empty()) {
-            Some(a) => a.to_auth(&name)?,
-            None => match self.registries.configured_auth(image.registry()) {
-                Some(a) => a.to_auth(&name)?,
-                None => oci_client::secrets::RegistryAuth::Anonymous,
-            },
-        };
         let mut last_error = None;
         let mut resolved = None;
-        for route in self.registries.routes(&image)? {
+        for route in self.registries.routes(&image, auth)? {
             let endpoint = route.endpoint.clone();
+            let withheld = route.withheld.clone();
             let attempt = tokio::select! {
-                r = pull::resolve(&image, route, &creds) => r,
+                r = pull::resolve(&image, route) => r,
                 _ = cancel.cancelled() => return Err(ImageError::Cancelled(name)),
             };
             match attempt {
@@ -156,6 +150,10 @@ impl ImageService {
                     break;
                 }
                 Err(e) => {
+                    let e = match withheld {
+                        Some(why) => e.with_hint(&why),
+                        None => e,
+                    };
                     tracing::debug!(image = %name, %endpoint, error = %e, "endpoint failed");
                     last_error = Some(e);
                 }

@@ -175,11 +175,8 @@ async fn fetch_manifest(
 }
 
 /// Resolves `image` through `route` down to a config and a layer list.
-pub(crate) async fn resolve(
-    image: &ImageRef,
-    route: Route,
-    auth: &RegistryAuth,
-) -> Result<Resolved> {
+pub(crate) async fn resolve(image: &ImageRef, route: Route) -> Result<Resolved> {
+    let auth = &route.auth;
     let (bytes, top_digest) = fetch_manifest(image, &route, &route.reference, auth).await?;
     let mut doc: ManifestDoc = serde_json::from_slice(&bytes)
         .map_err(|e| bad(image, format!("manifest {top_digest}: {e}")))?;
