@@ -167,7 +167,14 @@ impl ImageService {
         let lease = self
             .layers
             .lease(resolved.layers.iter().map(|l| l.diff_id.clone()));
-        let fetched = pull::fetch_layers(&self.layers, &name, &resolved, &cancel).await;
+        let options = self.registries.options();
+        let limits = unpack::Limits {
+            layer_bytes: options.max_layer_unpacked_bytes,
+            image: Some(Arc::new(unpack::ImageBudget::new(
+                options.max_image_unpacked_bytes,
+            ))),
+        };
+        let fetched = pull::fetch_layers(&self.layers, &name, &resolved, &limits, &cancel).await;
         let outcome = match fetched {
             Ok(bytes) if !cancel.is_cancelled() => {
                 self.commit(&image, resolved)

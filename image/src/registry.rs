@@ -18,6 +18,7 @@ use std::collections::HashMap;
 use std::hash::Hash;
 use std::path::PathBuf;
 use std::sync::Mutex;
+use std::time::Duration;
 
 use base64::Engine;
 use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
@@ -101,13 +102,42 @@ impl Credentials {
     }
 }
 
+/// Default cap on one layer's unpacked size: far above real layers (CUDA and ML
+/// framework images have layers of a few GiB), far below a bomb meant to fill a disk.
+pub const DEFAULT_MAX_LAYER_UNPACKED_BYTES: u64 = 16 << 30;
+/// Default cap on an image's unpacked size, all layers together.
+pub const DEFAULT_MAX_IMAGE_UNPACKED_BYTES: u64 = 64 << 30;
+/// Default longest wait for the next bytes from a registry.
+pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest a connection attempt may take unless hosts.toml gives a `dial_timeout`.
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Settings of registry access.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct RegistryOptions {
     /// The hosts.toml tree (containerd's `config_path`), e.g. `/etc/containerd/certs.d`.
     pub config_path: Option<PathBuf>,
     /// Credentials per registry host, used when a request carries none.
     pub auths: HashMap<String, Credentials>,
+    /// The most one layer may unpack to: its uncompressed archive, and its file data
+    /// with sparse files' holes counted.
+    pub max_layer_unpacked_bytes: u64,
+    /// The most an image's layers may unpack to together (file data, holes counted).
+    pub max_image_unpacked_bytes: u64,
+    /// The longest a registry connection may stay silent while we wait for bytes.
+    pub read_timeout: Duration,
+}
+
+impl Default for RegistryOptions {
+    fn default() -> Self {
+        RegistryOptions {
+            config_path: None,
+            auths: HashMap::new(),
+            max_layer_unpacked_bytes: DEFAULT_MAX_LAYER_UNPACKED_BYTES,
+            max_image_unpacked_bytes: DEFAULT_MAX_IMAGE_UNPACKED_BYTES,
+            read_timeout: DEFAULT_READ_TIMEOUT,
+        }
+    }
 }
 
 /// Clients kept at most; beyond that the least recently used goes. Each distinct pull
@@ -131,6 +161,7 @@ struct ClientKey {
 
 /// One way to reach an image: a client, the reference to ask it for, and the
 /// credentials this endpoint may see.
+#[derive(Clone)]
 pub(crate) struct Route {
     pub(crate) client: Client,
     pub(crate) reference: Reference,
@@ -229,6 +260,11 @@ impl Registries {
         }
     }
 
+    /// The settings these clients were made with.
+    pub(crate) fn options(&self) -> &RegistryOptions {
+        &self.options
+    }
+
     /// The configured credentials for a registry host.
     pub(crate) fn configured_auth(&self, registry: &str) -> Option<&Credentials> {
         self.options.auths.get(registry).or_else(|| {
@@ -313,8 +349,8 @@ impl Registries {
     ) -> Result<Client> {
         let key = ClientKey {
             endpoint: format!(
-                "{}|{:?}|{}|{:?}",
-                ep.host, ep.scheme, ep.skip_verify, ep.ca_files
+                "{}|{:?}|{}|{:?}|{:?}",
+                ep.host, ep.scheme, ep.skip_verify, ep.ca_files, ep.dial_timeout
             ),
             credentials: fingerprint(auth),
         };
@@ -341,7 +377,10 @@ impl Registries {
             },
             accept_invalid_certificates: ep.skip_verify,
             extra_root_certificates,
-            connect_timeout: Some(std::time::Duration::from_secs(30)),
+            connect_timeout: Some(ep.dial_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT)),
+            // Without it a registry that stops sending mid-blob holds the pull until
+            // kubelet gives up, and its layer lock with it.
+            read_timeout: Some(self.options.read_timeout),
             // Platform resolution is ours (see pull.rs): the client only moves bytes.
             platform_resolver: None,
             ..Default::default()
@@ -446,6 +485,7 @@ mod tests {
                 .cloned()
                 .map(|(h, c)| (h.to_string(), c))
                 .collect(),
+            ..Default::default()
         });
         (r, dir)
     }
