@@ -643,6 +643,10 @@ fn mismatch(image: &str, layer: &LayerRef, actual: String) -> ImageError {
 
 /// Fetches every layer not yet in the store, [`PARALLEL_LAYERS`] at a time. Returns the
 /// bytes downloaded.
+///
+/// When one layer fails the others are cancelled and waited for, not dropped: a
+/// dropped fetch leaves its unpacking thread running, which would commit its layer
+/// after the failed pull's cleanup had already looked.
 pub(crate) async fn fetch_layers(
     store: &Arc<LayerStore>,
     image: &str,
@@ -651,6 +655,7 @@ pub(crate) async fn fetch_layers(
     cancel: &CancellationToken,
 ) -> Result<u64> {
     let route = &resolved.route;
+    let abort = cancel.child_token();
     // Each future owns what it uses: futures borrowing from the iterator trip the
     // compiler's higher-ranked lifetime checks once the pull is spawned as a task.
     let fetches: Vec<_> = resolved
@@ -658,15 +663,27 @@ pub(crate) async fn fetch_layers(
         .iter()
         .map(|layer| {
             let (store, image, layer) = (Arc::clone(store), image.to_string(), layer.clone());
-            let (route, limits, cancel) = (route.clone(), limits.clone(), cancel.clone());
+            let (route, limits, cancel) = (route.clone(), limits.clone(), abort.clone());
             async move { fetch_layer(&store, &image, &route, &layer, &limits, &cancel).await }
         })
         .collect();
-    let sizes: Vec<u64> = stream::iter(fetches)
-        .buffer_unordered(PARALLEL_LAYERS)
-        .try_collect()
-        .await?;
-    Ok(sizes.iter().sum())
+    let mut results = stream::iter(fetches).buffer_unordered(PARALLEL_LAYERS);
+    let (mut total, mut failure) = (0, None);
+    while let Some(result) = results.next().await {
+        match result {
+            Ok(bytes) => total += bytes,
+            Err(e) => {
+                abort.cancel();
+                // The first failure is the cause; later ones are mostly its
+                // cancellations.
+                failure.get_or_insert(e);
+            }
+        }
+    }
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(total),
+    }
 }
 
 #[cfg(test)]
