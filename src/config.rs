@@ -130,7 +130,7 @@ pub enum CgroupDriver {
 }
 
 /// Registry access.
-#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct RegistryConfig {
     /// A directory in containerd's hosts.toml layout (`<host>/hosts.toml`): mirrors,
@@ -139,6 +139,24 @@ pub struct RegistryConfig {
     pub config_path: Option<PathBuf>,
     /// Credentials per registry host, used when a pull request carries none.
     pub auths: BTreeMap<String, Credentials>,
+    /// The most one layer may unpack to (its archive, and its files, holes counted).
+    pub max_layer_unpacked_bytes: u64,
+    /// The most all of an image's layers may unpack to together.
+    pub max_image_unpacked_bytes: u64,
+    /// How long a registry connection may stay silent before the pull fails, in seconds.
+    pub read_timeout_secs: u64,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        RegistryConfig {
+            config_path: None,
+            auths: BTreeMap::new(),
+            max_layer_unpacked_bytes: crust_image::registry::DEFAULT_MAX_LAYER_UNPACKED_BYTES,
+            max_image_unpacked_bytes: crust_image::registry::DEFAULT_MAX_IMAGE_UNPACKED_BYTES,
+            read_timeout_secs: crust_image::registry::DEFAULT_READ_TIMEOUT.as_secs(),
+        }
+    }
 }
 
 /// CNI network configuration.
@@ -164,7 +182,7 @@ impl Default for Config {
             cgroup_driver: CgroupDriver::Cgroupfs,
             registry: RegistryConfig {
                 config_path: Some("/etc/crust/certs.d".into()),
-                auths: BTreeMap::new(),
+                ..RegistryConfig::default()
             },
             cni: CniConfig::default(),
             default_runtime: "runc".into(),
@@ -270,8 +288,18 @@ ws_max_message_bytes = 1048576
 # Registry hosts in containerd's hosts.toml layout: one directory per registry host
 # (certs.d/<host>/hosts.toml) with `server`, mirror `[host."..."]` entries and their
 # capabilities, `skip_verify` and `ca` files. Set it to /etc/containerd/certs.d to use
-# containerd's tree unchanged. Registries on loopback addresses use plain HTTP.
+# containerd's tree unchanged. Registries on loopback addresses use plain HTTP, but
+# credentials only go over plain HTTP to an endpoint hosts.toml names with http://.
 config_path = "/etc/crust/certs.d"
+
+# Pulls are bounded. A layer may not unpack to more than this (its uncompressed
+# archive, and its file data counting sparse files' holes): 16 GiB.
+max_layer_unpacked_bytes = 17179869184
+# Nor an image, all layers together: 64 GiB. Manifests, indexes and configs are
+# capped at 4 MiB, and every blob at its descriptor's size.
+max_image_unpacked_bytes = 68719476736
+# Seconds a registry connection may stay silent before the pull fails.
+read_timeout_secs = 60
 
 # Credentials per registry host, used when kubelet sends none:
 # [registry.auths."registry.example.com"]
@@ -383,6 +411,21 @@ impl Config {
         if s.max_header_block_bytes >= 1 << 24 {
             bail!("streaming.max_header_block_bytes: must be below 16 MiB");
         }
+        for (key, value) in [
+            (
+                "max_layer_unpacked_bytes",
+                self.registry.max_layer_unpacked_bytes,
+            ),
+            (
+                "max_image_unpacked_bytes",
+                self.registry.max_image_unpacked_bytes,
+            ),
+            ("read_timeout_secs", self.registry.read_timeout_secs),
+        ] {
+            if value == 0 {
+                bail!("registry.{key}: must be at least 1");
+            }
+        }
         for (host, creds) in &self.registry.auths {
             if creds.is_empty() {
                 bail!("registry.auths.{host:?}: no credentials given");
@@ -448,6 +491,21 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("streaming.max_header_block_bytes"), "{e}");
+    }
+
+    #[test]
+    fn pull_bounds_parse_and_refuse_zero() {
+        let c = Config::parse(
+            "[registry]\nmax_layer_unpacked_bytes = 1048576\nmax_image_unpacked_bytes = 2097152\nread_timeout_secs = 2",
+        )
+        .unwrap();
+        assert_eq!(c.registry.max_layer_unpacked_bytes, 1 << 20);
+        assert_eq!(c.registry.max_image_unpacked_bytes, 2 << 20);
+        assert_eq!(c.registry.read_timeout_secs, 2);
+        let e = Config::parse("[registry]\nread_timeout_secs = 0")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("registry.read_timeout_secs"), "{e}");
     }
 
     #[test]

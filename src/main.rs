@@ -294,6 +294,9 @@ async fn recover(config: Arc<Config>, streaming_url: String) -> anyhow::Result<c
     let options = crust_image::RegistryOptions {
         config_path: config.registry.config_path.clone(),
         auths: config.registry.auths.clone().into_iter().collect(),
+        max_layer_unpacked_bytes: config.registry.max_layer_unpacked_bytes,
+        max_image_unpacked_bytes: config.registry.max_image_unpacked_bytes,
+        read_timeout: std::time::Duration::from_secs(config.registry.read_timeout_secs),
     };
     let images = {
         let (root, db) = (config.root.clone(), Arc::clone(&db));

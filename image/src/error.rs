@@ -19,6 +19,8 @@ pub enum ErrorKind {
     Cancelled,
     /// The registry refused our credentials.
     PermissionDenied,
+    /// Content larger than a configured or built-in cap.
+    ResourceExhausted,
     /// Anything else: a bug, a broken store, a verification failure.
     Internal,
 }
@@ -78,6 +80,18 @@ pub enum ImageError {
         #[source]
         source: crate::unpack::UnpackError,
     },
+    /// A manifest, config or blob larger than it may be.
+    #[error("pull {reference}: {what} is larger than {limit} bytes ({rule})")]
+    TooLarge {
+        /// The reference being pulled.
+        reference: String,
+        /// Which object, naming its digest when known.
+        what: String,
+        /// The cap, in bytes.
+        limit: u64,
+        /// Where the cap comes from: a setting's name, or why it is fixed.
+        rule: &'static str,
+    },
     /// The pull ran past its deadline.
     #[error("pull {0}: deadline exceeded")]
     DeadlineExceeded(String),
@@ -111,11 +125,33 @@ impl ImageError {
             ImageError::DeadlineExceeded(_) => ErrorKind::DeadlineExceeded,
             ImageError::Cancelled(_) => ErrorKind::Cancelled,
             ImageError::Hosts(_) => ErrorKind::FailedPrecondition,
+            ImageError::TooLarge { .. }
+            | ImageError::Unpack {
+                source: crate::unpack::UnpackError::TooLarge { .. },
+                ..
+            } => ErrorKind::ResourceExhausted,
             ImageError::DigestMismatch { .. }
             | ImageError::BadContent { .. }
             | ImageError::Unpack { .. }
             | ImageError::Store(_)
             | ImageError::Io { .. } => ErrorKind::Internal,
+        }
+    }
+
+    /// The same error with `hint` added to a registry's message, for a cause the
+    /// registry cannot know (such as credentials we chose not to send).
+    pub(crate) fn with_hint(self, hint: &str) -> Self {
+        match self {
+            ImageError::Registry {
+                reference,
+                message,
+                kind,
+            } => ImageError::Registry {
+                reference,
+                message: format!("{message} ({hint})"),
+                kind,
+            },
+            other => other,
         }
     }
 

@@ -101,6 +101,9 @@ pub struct RegistryEndpoint {
     pub proxy: Option<String>,
     /// True for `[host."..."]` entries, false for the upstream server itself.
     pub is_mirror: bool,
+    /// Plain HTTP written out as `http://` in hosts.toml rather than defaulted for a
+    /// loopback host: only then may credentials travel over it, as in containerd.
+    pub explicit_http: bool,
 }
 
 /// Errors of registry host configuration; the message names the file and the key.
@@ -284,6 +287,7 @@ fn endpoint(
         dial_timeout: None,
         proxy: None,
         is_mirror,
+        explicit_http: false,
     }
 }
 
@@ -378,14 +382,20 @@ impl HostsFile<'_> {
                     return Err(self.invalid(format!("{ctx}: {key}"), "unknown key"));
                 }
                 let location = self.location(&ctx, name, table)?;
-                endpoints.push(self.section(&ctx, location, table, true)?);
+                let mut ep = self.section(&ctx, location, table, true)?;
+                ep.explicit_http = is_explicit_http(name);
+                endpoints.push(ep);
             }
         }
 
         // The server: the configured one, or the registry's default one carrying the
         // top-level settings.
+        let mut explicit_http = false;
         let server = match doc.get("server").map(Spanned::get_ref) {
-            Some(DeValue::String(server)) => self.location("server", server, doc)?,
+            Some(DeValue::String(server)) => {
+                explicit_http = is_explicit_http(server);
+                self.location("server", server, doc)?
+            }
             Some(_) => return Err(self.invalid("server", "expected a string")),
             None => {
                 let default = default_server(registry);
@@ -393,7 +403,9 @@ impl HostsFile<'_> {
             }
         };
         // Top-level settings name their key without a prefix.
-        endpoints.push(self.section("", server, doc, false)?);
+        let mut server = self.section("", server, doc, false)?;
+        server.explicit_http = explicit_http;
+        endpoints.push(server);
         Ok(endpoints)
     }
 
@@ -618,6 +630,13 @@ fn in_file_order<'a, 'i>(
     entries
         .into_iter()
         .map(|(k, v)| (k.get_ref().as_ref(), v.get_ref()))
+}
+
+/// Whether a `server` or `host` location names plain HTTP itself.
+fn is_explicit_http(location: &str) -> bool {
+    location
+        .split_once("://")
+        .is_some_and(|(s, _)| s.eq_ignore_ascii_case("http"))
 }
 
 fn join(ctx: &str, key: &str) -> String {
@@ -1021,6 +1040,14 @@ ca = "server.crt"
             summary(&resolve(&root, "localhost:5000")),
             [(Scheme::Https, "localhost:5000", "/v2", false)]
         );
+        // Only a written-out `http://` lets credentials travel in the clear; loopback's
+        // defaulted plain HTTP does not.
+        let explicit: Vec<bool> = resolve(&root, "reg.example")
+            .iter()
+            .map(|e| e.explicit_http)
+            .collect();
+        assert_eq!(explicit, [true, false, true]);
+        assert!(!resolve(&root, "127.0.0.1:5000")[0].explicit_http);
     }
 
     #[test]

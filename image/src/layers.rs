@@ -143,6 +143,11 @@ impl LayerStore {
         lock(&self.layers).contains_key(diff_id)
     }
 
+    /// The recorded file data bytes of a layer, if it is here.
+    pub(crate) fn bytes_of(&self, diff_id: &str) -> Option<u64> {
+        lock(&self.layers).get(diff_id).map(|l| l.bytes)
+    }
+
     /// Total bytes and inodes of all layers.
     pub fn usage(&self) -> (u64, u64) {
         lock(&self.layers)

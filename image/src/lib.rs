@@ -136,19 +136,13 @@ impl ImageService {
     ) -> Result<PullOutcome> {
         let image = ImageRef::parse(reference)?;
         let name = image.to_string();
-        let creds = match auth.filter(|a| !a.is_empty()) {
-            Some(a) => a.to_auth(&name)?,
-            None => match self.registries.configured_auth(image.registry()) {
-                Some(a) => a.to_auth(&name)?,
-                None => oci_client::secrets::RegistryAuth::Anonymous,
-            },
-        };
         let mut last_error = None;
         let mut resolved = None;
-        for route in self.registries.routes(&image)? {
+        for route in self.registries.routes(&image, auth)? {
             let endpoint = route.endpoint.clone();
+            let withheld = route.withheld.clone();
             let attempt = tokio::select! {
-                r = pull::resolve(&image, route, &creds) => r,
+                r = pull::resolve(&image, route) => r,
                 _ = cancel.cancelled() => return Err(ImageError::Cancelled(name)),
             };
             match attempt {
@@ -157,6 +151,10 @@ impl ImageService {
                     break;
                 }
                 Err(e) => {
+                    let e = match withheld {
+                        Some(why) => e.with_hint(&why),
+                        None => e,
+                    };
                     tracing::debug!(image = %name, %endpoint, error = %e, "endpoint failed");
                     last_error = Some(e);
                 }
@@ -170,7 +168,14 @@ impl ImageService {
         let lease = self
             .layers
             .lease(resolved.layers.iter().map(|l| l.diff_id.clone()));
-        let fetched = pull::fetch_layers(&self.layers, &name, &resolved, &cancel).await;
+        let options = self.registries.options();
+        let limits = unpack::Limits {
+            layer_bytes: options.max_layer_unpacked_bytes,
+            image: Some(Arc::new(unpack::ImageBudget::new(
+                options.max_image_unpacked_bytes,
+            ))),
+        };
+        let fetched = pull::fetch_layers(&self.layers, &name, &resolved, &limits, &cancel).await;
         let outcome = match fetched {
             Ok(bytes) if !cancel.is_cancelled() => {
                 self.commit(&image, resolved)

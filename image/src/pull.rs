@@ -8,7 +8,6 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt, stream};
-use oci_client::Client;
 use oci_client::Reference;
 use oci_client::secrets::RegistryAuth;
 use serde::Deserialize;
@@ -21,6 +20,7 @@ use crate::layers::{LayerStore, remove_tree};
 use crate::reference::{ImageRef, is_sha256_digest};
 use crate::registry::{Route, error_chain, registry_error};
 use crate::store::LayerRef;
+use crate::unpack::{Limits, unpack_layer_limited};
 
 const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
@@ -30,6 +30,11 @@ const ACCEPTED_MANIFESTS: &[&str] = &[OCI_INDEX, DOCKER_LIST, OCI_MANIFEST, DOCK
 
 /// Layers fetched at once by one pull.
 pub(crate) const PARALLEL_LAYERS: usize = 3;
+
+/// The largest manifest, index or config accepted, as in containerd: real ones are a
+/// few KiB, and each is held in memory whole.
+pub(crate) const MAX_METADATA_BYTES: u64 = 4 << 20;
+const METADATA_RULE: &str = "the 4 MiB cap on manifests, indexes and configs";
 
 /// A content descriptor as manifests and indexes carry it.
 #[derive(Debug, Clone, Deserialize)]
@@ -148,18 +153,35 @@ fn bad(reference: &ImageRef, message: impl Into<String>) -> ImageError {
     }
 }
 
-/// Fetches a manifest and checks its digest when we know what it must be.
+fn too_large(image: &ImageRef, what: String, limit: u64, rule: &'static str) -> ImageError {
+    ImageError::TooLarge {
+        reference: image.to_string(),
+        what,
+        limit,
+        rule,
+    }
+}
+
+/// Fetches a manifest and checks its digest when we know what it must be, and its size.
+///
+/// oci-client reads a manifest response whole before handing it over, so a top-level
+/// manifest is only checked against the cap after it arrived; one an index points to is
+/// refused by its descriptor's size before it is fetched.
 async fn fetch_manifest(
     image: &ImageRef,
     route: &Route,
     reference: &Reference,
     auth: &RegistryAuth,
 ) -> Result<(Bytes, String)> {
+    let what = || format!("manifest {reference}");
     let (bytes, _) = route
         .client
         .pull_manifest_raw(reference, auth, ACCEPTED_MANIFESTS)
         .await
         .map_err(|e| registry_error(&image.to_string(), &route.endpoint, e))?;
+    if bytes.len() as u64 > MAX_METADATA_BYTES {
+        return Err(too_large(image, what(), MAX_METADATA_BYTES, METADATA_RULE));
+    }
     let actual = sha256_of(&bytes);
     if let Some(expected) = reference.digest()
         && expected != actual
@@ -175,11 +197,8 @@ async fn fetch_manifest(
 }
 
 /// Resolves `image` through `route` down to a config and a layer list.
-pub(crate) async fn resolve(
-    image: &ImageRef,
-    route: Route,
-    auth: &RegistryAuth,
-) -> Result<Resolved> {
+pub(crate) async fn resolve(image: &ImageRef, route: Route) -> Result<Resolved> {
+    let auth = &route.auth;
     let (bytes, top_digest) = fetch_manifest(image, &route, &route.reference, auth).await?;
     let mut doc: ManifestDoc = serde_json::from_slice(&bytes)
         .map_err(|e| bad(image, format!("manifest {top_digest}: {e}")))?;
@@ -198,6 +217,14 @@ pub(crate) async fn resolve(
             return Err(bad(
                 image,
                 format!("index {top_digest}: bad digest {:?}", entry.digest),
+            ));
+        }
+        if entry.size.max(0) as u64 > MAX_METADATA_BYTES {
+            return Err(too_large(
+                image,
+                format!("manifest {}", entry.digest),
+                MAX_METADATA_BYTES,
+                METADATA_RULE,
             ));
         }
         let child = route.reference.clone_with_digest(entry.digest.clone());
@@ -226,22 +253,15 @@ pub(crate) async fn resolve(
             format!("config has a bad digest {:?}", config.digest),
         ));
     }
-    let mut config_bytes = Vec::new();
-    route
-        .client
-        .pull_blob(&route.reference, config.digest.as_str(), &mut config_bytes)
-        .await
-        .map_err(|e| match e {
-            oci_client::errors::OciDistributionError::DigestError(_) => {
-                ImageError::DigestMismatch {
-                    reference: image.to_string(),
-                    what: "config",
-                    expected: config.digest.clone(),
-                    actual: "other content".into(),
-                }
-            }
-            e => registry_error(&image.to_string(), &route.endpoint, e),
-        })?;
+    if config.size.max(0) as u64 > MAX_METADATA_BYTES {
+        return Err(too_large(
+            image,
+            format!("config {}", config.digest),
+            MAX_METADATA_BYTES,
+            METADATA_RULE,
+        ));
+    }
+    let config_bytes = fetch_config(image, &route, &config).await?;
     let actual = sha256_of(&config_bytes);
     if actual != config.digest {
         return Err(ImageError::DigestMismatch {
@@ -295,6 +315,50 @@ pub(crate) async fn resolve(
         layers: layer_refs,
         route,
     })
+}
+
+/// Fetches the config blob, reading no more than its descriptor's size.
+async fn fetch_config(image: &ImageRef, route: &Route, config: &Descriptor) -> Result<Vec<u8>> {
+    let size = config.size.max(0) as u64;
+    let name = image.to_string();
+    let mut blob = route
+        .client
+        .pull_blob_stream(&route.reference, config.digest.as_str())
+        .await
+        .map_err(|e| registry_error(&name, &route.endpoint, e))?;
+    let mut out = Vec::with_capacity(size as usize);
+    loop {
+        match blob.stream.try_next().await {
+            Ok(Some(bytes)) => {
+                if (out.len() + bytes.len()) as u64 > size {
+                    return Err(too_large(
+                        image,
+                        format!("config {}", config.digest),
+                        size,
+                        "the size its descriptor gives",
+                    ));
+                }
+                out.extend_from_slice(&bytes);
+            }
+            Ok(None) => break,
+            // The stream's own digest check fails with an I/O error; ours below names
+            // both digests, so only other errors are reported from here.
+            Err(e) if e.to_string().to_lowercase().contains("digest") => break,
+            Err(e) => {
+                return Err(ImageError::Registry {
+                    reference: name,
+                    message: format!(
+                        "{}: config {}: {}",
+                        route.endpoint,
+                        config.digest,
+                        error_chain(&e)
+                    ),
+                    kind: ErrorKind::Unavailable,
+                });
+            }
+        }
+    }
+    Ok(out)
 }
 
 fn is_layer_media_type(mt: &str) -> bool {
@@ -364,6 +428,7 @@ fn unpack_blocking(
     image: &str,
     layer: &LayerRef,
     reader: ChannelReader,
+    limits: &Limits,
 ) -> Result<()> {
     let temp = store.temp_dir(&layer.diff_id)?;
     let result = (|| {
@@ -390,7 +455,7 @@ fn unpack_blocking(
                 inner: decompressed,
                 hasher: Sha256::new(),
             };
-            let stats = crate::unpack::unpack_layer(&mut hashing, &temp).map_err(|source| {
+            let stats = unpack_layer_limited(&mut hashing, &temp, limits).map_err(|source| {
                 ImageError::Unpack {
                     reference: image.to_string(),
                     digest: layer.digest.clone(),
@@ -433,36 +498,73 @@ fn unpack_io(image: &str, layer: &LayerRef, e: io::Error) -> ImageError {
 pub(crate) async fn fetch_layer(
     store: &Arc<LayerStore>,
     image: &str,
-    client: &Client,
-    reference: &Reference,
-    endpoint: &str,
+    route: &Route,
     layer: &LayerRef,
+    limits: &Limits,
     cancel: &CancellationToken,
 ) -> Result<u64> {
+    let (client, reference, endpoint) = (&route.client, &route.reference, &route.endpoint);
+    let too_large = |what: String, limit: u64, rule: &'static str| ImageError::TooLarge {
+        reference: image.to_string(),
+        what,
+        limit,
+        rule,
+    };
     let lock = store.fetch_lock(&layer.diff_id);
     let _guard = tokio::select! {
         g = lock.lock() => g,
         _ = cancel.cancelled() => return Err(ImageError::Cancelled(image.to_string())),
     };
-    if store.contains(&layer.diff_id) {
+    if let Some(bytes) = store.bytes_of(&layer.diff_id) {
+        // A layer already here still makes the image as large as it is.
+        if let Some(budget) = &limits.image
+            && !budget.charge(bytes)
+        {
+            return Err(too_large(
+                "the image's unpacked content".into(),
+                budget.limit(),
+                "max_image_unpacked_bytes",
+            ));
+        }
         return Ok(0);
+    }
+    // Compression never shrinks a tar much below the size of its gzip or zstd (at worst
+    // it adds a fraction of a percent), so a blob past the cap, with that slack, cannot
+    // unpack within it: refuse before downloading it.
+    if layer.size > limits.layer_bytes.saturating_add(limits.layer_bytes / 64) {
+        return Err(too_large(
+            format!("layer {}", layer.digest),
+            limits.layer_bytes,
+            "max_layer_unpacked_bytes",
+        ));
     }
     let mut blob = client
         .pull_blob_stream(reference, layer.digest.as_str())
         .await
         .map_err(|e| registry_error(image, endpoint, e))?;
+    let beyond_descriptor = || {
+        too_large(
+            format!("layer blob {}", layer.digest),
+            layer.size,
+            "the size its descriptor gives",
+        )
+    };
+    if blob.content_length.is_some_and(|n| n > layer.size) {
+        return Err(beyond_descriptor());
+    }
     let (tx, rx) = mpsc::channel(16);
     let unpacker = {
         let store = Arc::clone(store);
         let image = image.to_string();
         let layer = layer.clone();
+        let limits = limits.clone();
         tokio::task::spawn_blocking(move || {
             let reader = ChannelReader {
                 rx,
                 current: Bytes::new(),
                 ended: false,
             };
-            unpack_blocking(&store, &image, &layer, reader)
+            unpack_blocking(&store, &image, &layer, reader, &limits)
         })
     };
     let mut hasher = Sha256::new();
@@ -475,12 +577,26 @@ pub(crate) async fn fetch_layer(
             };
             match next {
                 Ok(Some(bytes)) => {
-                    hasher.update(&bytes);
                     received += bytes.len() as u64;
+                    // Not one byte past the descriptor's size reaches the unpacker.
+                    if received > layer.size {
+                        return Err(beyond_descriptor());
+                    }
+                    hasher.update(&bytes);
                     if tx.send(Chunk::Data(bytes)).await.is_err() {
                         // The unpacker stopped; its error says why.
                         return Ok(());
                     }
+                }
+                Ok(None) if received < layer.size => {
+                    return Err(ImageError::Registry {
+                        reference: image.to_string(),
+                        message: format!(
+                            "{endpoint}: layer {}: blob ended after {received} of {} bytes",
+                            layer.digest, layer.size
+                        ),
+                        kind: ErrorKind::Unavailable,
+                    });
                 }
                 Ok(None) => break,
                 Err(e) => {
@@ -527,13 +643,19 @@ fn mismatch(image: &str, layer: &LayerRef, actual: String) -> ImageError {
 
 /// Fetches every layer not yet in the store, [`PARALLEL_LAYERS`] at a time. Returns the
 /// bytes downloaded.
+///
+/// When one layer fails the others are cancelled and waited for, not dropped: a
+/// dropped fetch leaves its unpacking thread running, which would commit its layer
+/// after the failed pull's cleanup had already looked.
 pub(crate) async fn fetch_layers(
     store: &Arc<LayerStore>,
     image: &str,
     resolved: &Resolved,
+    limits: &Limits,
     cancel: &CancellationToken,
 ) -> Result<u64> {
     let route = &resolved.route;
+    let abort = cancel.child_token();
     // Each future owns what it uses: futures borrowing from the iterator trip the
     // compiler's higher-ranked lifetime checks once the pull is spawned as a task.
     let fetches: Vec<_> = resolved
@@ -541,21 +663,27 @@ pub(crate) async fn fetch_layers(
         .iter()
         .map(|layer| {
             let (store, image, layer) = (Arc::clone(store), image.to_string(), layer.clone());
-            let (client, reference) = (route.client.clone(), route.reference.clone());
-            let (endpoint, cancel) = (route.endpoint.clone(), cancel.clone());
-            async move {
-                fetch_layer(
-                    &store, &image, &client, &reference, &endpoint, &layer, &cancel,
-                )
-                .await
-            }
+            let (route, limits, cancel) = (route.clone(), limits.clone(), abort.clone());
+            async move { fetch_layer(&store, &image, &route, &layer, &limits, &cancel).await }
         })
         .collect();
-    let sizes: Vec<u64> = stream::iter(fetches)
-        .buffer_unordered(PARALLEL_LAYERS)
-        .try_collect()
-        .await?;
-    Ok(sizes.iter().sum())
+    let mut results = stream::iter(fetches).buffer_unordered(PARALLEL_LAYERS);
+    let (mut total, mut failure) = (0, None);
+    while let Some(result) = results.next().await {
+        match result {
+            Ok(bytes) => total += bytes,
+            Err(e) => {
+                abort.cancel();
+                // The first failure is the cause; later ones are mostly its
+                // cancellations.
+                failure.get_or_insert(e);
+            }
+        }
+    }
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(total),
+    }
 }
 
 #[cfg(test)]

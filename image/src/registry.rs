@@ -1,15 +1,31 @@
-//! Registry access: which endpoints to try for a host (from hosts.toml), one registry
-//! client per endpoint (kept, so connections and tokens are reused), and credentials.
+//! Registry access: which endpoints to try for a host (from hosts.toml), which
+//! credentials each endpoint may see, and the registry clients.
+//!
+//! An oci-client `Client` remembers the first credentials it is given for a registry
+//! and caches the tokens they earn, so a client shared between pulls would let one
+//! pull use another's secret. Clients are therefore kept per endpoint *and*
+//! credentials (by a digest of them, never the secret itself): a pull reuses
+//! connections and tokens only of pulls that carried the same credentials.
+//!
+//! Credentials go only where they belong, as containerd sends them:
+//! - a request's credentials (or those configured for the image's registry) only to
+//!   that registry's own host, never to a mirror or another `server`, which get only
+//!   credentials configured for their own host, or none;
+//! - never over plain HTTP unless hosts.toml names that endpoint with `http://`: the
+//!   plain HTTP that loopback registries get by default carries no credentials.
 
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::path::PathBuf;
 use std::sync::Mutex;
+use std::time::Duration;
 
 use base64::Engine;
 use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
 use oci_client::errors::{OciDistributionError, OciErrorCode};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
+use sha2::{Digest, Sha256};
 
 use crate::error::{ErrorKind, ImageError, Result};
 use crate::hosts::{self, RegistryEndpoint, Scheme};
@@ -86,26 +102,150 @@ impl Credentials {
     }
 }
 
+/// Default cap on one layer's unpacked size: far above real layers (CUDA and ML
+/// framework images have layers of a few GiB), far below a bomb meant to fill a disk.
+pub const DEFAULT_MAX_LAYER_UNPACKED_BYTES: u64 = 16 << 30;
+/// Default cap on an image's unpacked size, all layers together.
+pub const DEFAULT_MAX_IMAGE_UNPACKED_BYTES: u64 = 64 << 30;
+/// Default longest wait for the next bytes from a registry.
+pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest a connection attempt may take unless hosts.toml gives a `dial_timeout`.
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Settings of registry access.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct RegistryOptions {
     /// The hosts.toml tree (containerd's `config_path`), e.g. `/etc/containerd/certs.d`.
     pub config_path: Option<PathBuf>,
     /// Credentials per registry host, used when a request carries none.
     pub auths: HashMap<String, Credentials>,
+    /// The most one layer may unpack to: its uncompressed archive, and its file data
+    /// with sparse files' holes counted.
+    pub max_layer_unpacked_bytes: u64,
+    /// The most an image's layers may unpack to together (file data, holes counted).
+    pub max_image_unpacked_bytes: u64,
+    /// The longest a registry connection may stay silent while we wait for bytes.
+    pub read_timeout: Duration,
 }
 
-/// Registry clients, one per endpoint configuration.
+impl Default for RegistryOptions {
+    fn default() -> Self {
+        RegistryOptions {
+            config_path: None,
+            auths: HashMap::new(),
+            max_layer_unpacked_bytes: DEFAULT_MAX_LAYER_UNPACKED_BYTES,
+            max_image_unpacked_bytes: DEFAULT_MAX_IMAGE_UNPACKED_BYTES,
+            read_timeout: DEFAULT_READ_TIMEOUT,
+        }
+    }
+}
+
+/// Clients kept at most; beyond that the least recently used goes. Each distinct pull
+/// secret makes a client, so without a bound a node cycling through many would grow
+/// without end.
+const MAX_CLIENTS: usize = 64;
+
+/// Registry clients, one per endpoint configuration and credentials.
 pub struct Registries {
     options: RegistryOptions,
-    clients: Mutex<HashMap<String, Client>>,
+    clients: Mutex<LruCache<ClientKey, Client>>,
 }
 
-/// One way to reach an image: a client and the reference to ask it for.
+/// What a cached client is for: the endpoint's settings and whose credentials.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct ClientKey {
+    endpoint: String,
+    /// sha256 of the credentials, `None` for anonymous access.
+    credentials: Option<[u8; 32]>,
+}
+
+/// One way to reach an image: a client, the reference to ask it for, and the
+/// credentials this endpoint may see.
+#[derive(Clone)]
 pub(crate) struct Route {
     pub(crate) client: Client,
     pub(crate) reference: Reference,
     pub(crate) endpoint: String,
+    pub(crate) auth: RegistryAuth,
+    /// Why credentials meant for this registry were not sent to this endpoint, for
+    /// the error message when it then refuses us.
+    pub(crate) withheld: Option<String>,
+}
+
+/// A small least-recently-used map: lookups and inserts are linear, which at
+/// [`MAX_CLIENTS`] entries costs nothing next to a registry round trip.
+struct LruCache<K, V> {
+    capacity: usize,
+    tick: u64,
+    entries: HashMap<K, (u64, V)>,
+}
+
+impl<K: Hash + Eq + Clone, V: Clone> LruCache<K, V> {
+    fn new(capacity: usize) -> Self {
+        LruCache {
+            capacity: capacity.max(1),
+            tick: 0,
+            entries: HashMap::new(),
+        }
+    }
+
+    fn get(&mut self, key: &K) -> Option<V> {
+        self.tick += 1;
+        let tick = self.tick;
+        self.entries.get_mut(key).map(|(used, v)| {
+            *used = tick;
+            v.clone()
+        })
+    }
+
+    fn insert(&mut self, key: K, value: V) {
+        self.tick += 1;
+        if !self.entries.contains_key(&key) && self.entries.len() >= self.capacity {
+            let oldest = self
+                .entries
+                .iter()
+                .min_by_key(|(_, (used, _))| *used)
+                .map(|(k, _)| k.clone());
+            if let Some(oldest) = oldest {
+                self.entries.remove(&oldest);
+            }
+        }
+        self.entries.insert(key, (self.tick, value));
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.entries.len()
+    }
+}
+
+/// A digest naming credentials without holding them; `None` for anonymous access.
+fn fingerprint(auth: &RegistryAuth) -> Option<[u8; 32]> {
+    let mut h = Sha256::new();
+    // Length-prefixed fields, so ("ab", "c") and ("a", "bc") differ.
+    let mut field = |b: &[u8]| {
+        h.update((b.len() as u64).to_le_bytes());
+        h.update(b);
+    };
+    match auth {
+        RegistryAuth::Anonymous => return None,
+        RegistryAuth::Basic(user, pass) => {
+            field(b"basic");
+            field(user.as_bytes());
+            field(pass.as_bytes());
+        }
+        RegistryAuth::Bearer(token) => {
+            field(b"bearer");
+            field(token.as_bytes());
+        }
+    }
+    Some(h.finalize().into())
+}
+
+/// Whether `host` is the registry `registry` itself rather than a mirror or another
+/// server standing in for it.
+fn is_own_host(registry: &str, host: &str) -> bool {
+    host == registry || (registry == "docker.io" && host == "registry-1.docker.io")
 }
 
 impl Registries {
@@ -116,8 +256,13 @@ impl Registries {
         let _ = rustls::crypto::ring::default_provider().install_default();
         Registries {
             options,
-            clients: Mutex::new(HashMap::new()),
+            clients: Mutex::new(LruCache::new(MAX_CLIENTS)),
         }
+    }
+
+    /// The settings these clients were made with.
+    pub(crate) fn options(&self) -> &RegistryOptions {
+        &self.options
     }
 
     /// The configured credentials for a registry host.
@@ -134,13 +279,42 @@ impl Registries {
         })
     }
 
-    /// The endpoints to pull `image` from, in order, each with its client.
-    pub(crate) fn routes(&self, image: &ImageRef) -> Result<Vec<Route>> {
+    /// The endpoints to pull `image` from, in order, each with its client and the
+    /// credentials it may see. `request` are the pull's own credentials, which take the
+    /// place of configured ones for the image's registry.
+    pub(crate) fn routes(
+        &self,
+        image: &ImageRef,
+        request: Option<&Credentials>,
+    ) -> Result<Vec<Route>> {
+        let name = image.to_string();
         let endpoints =
             hosts::resolve_endpoints(self.options.config_path.as_deref(), image.registry())?;
+        let own = request
+            .filter(|c| !c.is_empty())
+            .or_else(|| self.configured_auth(image.registry()));
         let mut routes = Vec::new();
         for ep in endpoints.into_iter().filter(|ep| ep.capabilities.pull) {
-            let client = self.client_for(&ep, &image.to_string())?;
+            let endpoint = format!("{}://{}", scheme_name(ep.scheme), ep.host);
+            let mut creds = if is_own_host(image.registry(), &ep.host) {
+                own
+            } else {
+                self.options.auths.get(&ep.host)
+            };
+            let mut withheld = None;
+            if creds.is_some() && ep.scheme == Scheme::Http && !ep.explicit_http {
+                creds = None;
+                withheld = Some(format!(
+                    "credentials withheld from {endpoint}: plain HTTP by default only; \
+                     name it \"http://{}\" in hosts.toml to send credentials over it",
+                    ep.host
+                ));
+            }
+            let auth = match creds {
+                Some(c) => c.to_auth(&name)?,
+                None => RegistryAuth::Anonymous,
+            };
+            let client = self.client_for(&ep, &auth, &name)?;
             let mut reference = image.client_ref().clone();
             let default_host = match image.registry() {
                 "docker.io" => "registry-1.docker.io",
@@ -152,7 +326,9 @@ impl Registries {
             routes.push(Route {
                 client,
                 reference,
-                endpoint: format!("{}://{}", scheme_name(ep.scheme), ep.host),
+                endpoint,
+                auth,
+                withheld,
             });
         }
         if routes.is_empty() {
@@ -165,14 +341,22 @@ impl Registries {
         Ok(routes)
     }
 
-    fn client_for(&self, ep: &RegistryEndpoint, reference: &str) -> Result<Client> {
-        let key = format!(
-            "{}|{:?}|{}|{:?}",
-            ep.host, ep.scheme, ep.skip_verify, ep.ca_files
-        );
+    fn client_for(
+        &self,
+        ep: &RegistryEndpoint,
+        auth: &RegistryAuth,
+        reference: &str,
+    ) -> Result<Client> {
+        let key = ClientKey {
+            endpoint: format!(
+                "{}|{:?}|{}|{:?}|{:?}",
+                ep.host, ep.scheme, ep.skip_verify, ep.ca_files, ep.dial_timeout
+            ),
+            credentials: fingerprint(auth),
+        };
         let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(client) = clients.get(&key) {
-            return Ok(client.clone());
+            return Ok(client);
         }
         let mut extra_root_certificates = Vec::new();
         for ca in &ep.ca_files {
@@ -193,7 +377,10 @@ impl Registries {
             },
             accept_invalid_certificates: ep.skip_verify,
             extra_root_certificates,
-            connect_timeout: Some(std::time::Duration::from_secs(30)),
+            connect_timeout: Some(ep.dial_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT)),
+            // Without it a registry that stops sending mid-blob holds the pull until
+            // kubelet gives up, and its layer lock with it.
+            read_timeout: Some(self.options.read_timeout),
             // Platform resolution is ours (see pull.rs): the client only moves bytes.
             platform_resolver: None,
             ..Default::default()
@@ -273,6 +460,161 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn basic(u: &str, p: &str) -> Credentials {
+        Credentials {
+            username: u.into(),
+            password: p.into(),
+            ..Default::default()
+        }
+    }
+
+    fn registries(
+        hosts: &[(&str, &str)],
+        auths: &[(&str, Credentials)],
+    ) -> (Registries, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        for (host, toml) in hosts {
+            std::fs::create_dir_all(dir.path().join(host)).unwrap();
+            std::fs::write(dir.path().join(host).join("hosts.toml"), toml).unwrap();
+        }
+        let r = Registries::new(RegistryOptions {
+            config_path: Some(dir.path().to_path_buf()),
+            auths: auths
+                .iter()
+                .cloned()
+                .map(|(h, c)| (h.to_string(), c))
+                .collect(),
+            ..Default::default()
+        });
+        (r, dir)
+    }
+
+    fn auths_of(routes: &[Route]) -> Vec<(String, String)> {
+        routes
+            .iter()
+            .map(|r| (r.endpoint.clone(), format!("{:?}", r.auth)))
+            .collect()
+    }
+
+    #[test]
+    fn lru_evicts_the_least_recently_used() {
+        let mut c = LruCache::new(2);
+        c.insert("a", 1);
+        c.insert("b", 2);
+        assert_eq!(c.get(&"a"), Some(1));
+        c.insert("c", 3);
+        assert_eq!(c.len(), 2);
+        assert_eq!(c.get(&"b"), None, "b was used least recently");
+        assert_eq!(c.get(&"a"), Some(1));
+        assert_eq!(c.get(&"c"), Some(3));
+        // Replacing a present key evicts nothing.
+        c.insert("c", 4);
+        assert_eq!((c.len(), c.get(&"a"), c.get(&"c")), (2, Some(1), Some(4)));
+    }
+
+    #[test]
+    fn fingerprints_tell_credentials_apart() {
+        let b = |u: &str, p: &str| RegistryAuth::Basic(u.into(), p.into());
+        assert_eq!(fingerprint(&RegistryAuth::Anonymous), None);
+        assert_eq!(fingerprint(&b("u", "p")), fingerprint(&b("u", "p")));
+        assert_ne!(fingerprint(&b("u", "p")), fingerprint(&b("u", "p2")));
+        assert_ne!(fingerprint(&b("ab", "c")), fingerprint(&b("a", "bc")));
+        assert_ne!(
+            fingerprint(&RegistryAuth::Bearer("t".into())),
+            fingerprint(&b("t", ""))
+        );
+    }
+
+    #[test]
+    fn clients_are_kept_per_endpoint_and_credentials_and_bounded() {
+        let (r, _dir) = registries(&[], &[]);
+        let image = ImageRef::parse("reg.example/app:1").unwrap();
+        let key = |routes: &[Route]| fingerprint(&routes[0].auth);
+        let a = r.routes(&image, Some(&basic("u", "a"))).unwrap();
+        let anon = r.routes(&image, None).unwrap();
+        let b = r.routes(&image, Some(&basic("u", "b"))).unwrap();
+        assert_eq!(key(&anon), None);
+        assert!(key(&a).is_some() && key(&a) != key(&b));
+        // Three credentials, three clients; the same credentials again, no new one.
+        assert_eq!(r.clients.lock().unwrap().len(), 3);
+        r.routes(&image, Some(&basic("u", "a"))).unwrap();
+        assert_eq!(r.clients.lock().unwrap().len(), 3);
+        for n in 0..MAX_CLIENTS * 2 {
+            r.routes(&image, Some(&basic("u", &n.to_string()))).unwrap();
+        }
+        assert_eq!(r.clients.lock().unwrap().len(), MAX_CLIENTS);
+    }
+
+    #[test]
+    fn request_credentials_go_only_to_the_registry_itself() {
+        let (r, _dir) = registries(
+            &[(
+                "reg.example",
+                "server = \"https://reg.example\"\n\
+                 [host.\"https://mirror.example\"]\n\
+                 [host.\"https://own-creds.example\"]\n",
+            )],
+            &[("own-creds.example", basic("m", "m"))],
+        );
+        let image = ImageRef::parse("reg.example/app:1").unwrap();
+        let routes = r.routes(&image, Some(&basic("u", "p"))).unwrap();
+        assert_eq!(
+            auths_of(&routes),
+            [
+                ("https://mirror.example".into(), "Anonymous".into()),
+                (
+                    "https://own-creds.example".into(),
+                    "Basic(\"m\", \"<redacted>\")".into()
+                ),
+                (
+                    "https://reg.example".into(),
+                    "Basic(\"u\", \"<redacted>\")".into()
+                ),
+            ]
+        );
+        // Configured credentials of the registry follow the same rule.
+        let (r, _dir) = registries(
+            &[("reg.example", "[host.\"https://mirror.example\"]\n")],
+            &[("reg.example", basic("c", "c"))],
+        );
+        let routes = r.routes(&image, None).unwrap();
+        assert_eq!(format!("{:?}", routes[0].auth), "Anonymous");
+        assert_eq!(
+            format!("{:?}", routes[1].auth),
+            "Basic(\"c\", \"<redacted>\")"
+        );
+    }
+
+    #[test]
+    fn credentials_cross_plain_http_only_when_configured_so() {
+        let (r, _dir) = registries(
+            &[("127.0.0.1:5001", "server = \"http://127.0.0.1:5001\"\n")],
+            &[],
+        );
+        // Loopback defaults to plain HTTP, which carries no credentials...
+        let image = ImageRef::parse("127.0.0.1:5000/app:1").unwrap();
+        let routes = r.routes(&image, Some(&basic("u", "p"))).unwrap();
+        assert_eq!(format!("{:?}", routes[0].auth), "Anonymous");
+        assert!(
+            routes[0]
+                .withheld
+                .as_deref()
+                .unwrap()
+                .contains("http://127.0.0.1:5000")
+        );
+        // ...unless hosts.toml asks for plain HTTP in so many words.
+        let image = ImageRef::parse("127.0.0.1:5001/app:1").unwrap();
+        let routes = r.routes(&image, Some(&basic("u", "p"))).unwrap();
+        assert_eq!(
+            format!("{:?}", routes[0].auth),
+            "Basic(\"u\", \"<redacted>\")"
+        );
+        assert!(routes[0].withheld.is_none());
+        // Nothing is withheld from an anonymous pull.
+        let image = ImageRef::parse("127.0.0.1:5000/app:1").unwrap();
+        assert!(r.routes(&image, None).unwrap()[0].withheld.is_none());
+    }
 
     #[test]
     fn credentials_map_to_client_auth() {

@@ -28,14 +28,25 @@
 //! Ownership and modes are applied as recorded (the daemon runs as root). Directory
 //! times are applied after the last entry, so entries created inside a directory later
 //! in the stream do not bump them.
+//!
+//! A layer is bounded ([`Limits`]): neither its uncompressed archive nor the file data
+//! it holds may pass the layer's cap, and the file data of all an image's layers
+//! together may not pass the image's. File sizes count as their apparent size, holes
+//! included: a GNU sparse entry claiming a terabyte of holes costs a terabyte of reading
+//! even if not of disk. The holes themselves are not written out: runs of zeros the
+//! archive reader produces for them become seeks, so the file stays sparse on disk.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use rustix::fs::{
     AtFlags, FileType, Gid, Mode, OFlags, ResolveFlags, Timespec, Timestamps, Uid, XattrFlags,
@@ -62,8 +73,74 @@ const PAX_MTIME: &[u8] = b"mtime";
 pub struct UnpackStats {
     /// Tar entries applied (files, directories, links, devices, whiteouts).
     pub entries: u64,
-    /// Bytes of regular file data written.
+    /// Bytes of regular file data, counting sparse files' holes.
     pub bytes: u64,
+}
+
+/// Bounds on what one layer's unpack may read and write.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// The most bytes of uncompressed archive, and of file data, the layer may hold.
+    pub layer_bytes: u64,
+    /// The budget of file data shared by every layer of the image being pulled.
+    pub image: Option<Arc<ImageBudget>>,
+}
+
+impl Limits {
+    /// No bounds at all.
+    pub fn none() -> Self {
+        Limits {
+            layer_bytes: u64::MAX,
+            image: None,
+        }
+    }
+}
+
+/// File data an image's layers may unpack to together; layers unpacked in parallel
+/// charge it concurrently.
+#[derive(Debug)]
+pub struct ImageBudget {
+    limit: u64,
+    used: AtomicU64,
+}
+
+impl ImageBudget {
+    /// A budget of `limit` bytes, none used.
+    pub fn new(limit: u64) -> Self {
+        ImageBudget {
+            limit,
+            used: AtomicU64::new(0),
+        }
+    }
+
+    /// The budget's size.
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+
+    /// Uses `bytes` of the budget; false once the total is past the limit.
+    pub fn charge(&self, bytes: u64) -> bool {
+        let before = self.used.fetch_add(bytes, Ordering::Relaxed);
+        before.saturating_add(bytes) <= self.limit
+    }
+}
+
+/// Which cap an unpack ran into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cap {
+    /// The layer's own cap (`max_layer_unpacked_bytes`).
+    Layer,
+    /// The image-wide cap (`max_image_unpacked_bytes`).
+    Image,
+}
+
+impl std::fmt::Display for Cap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Cap::Layer => "the layer unpacks to more than the per-layer limit of",
+            Cap::Image => "the image unpacks to more than the per-image limit of",
+        })
+    }
 }
 
 /// Why a layer could not be unpacked.
@@ -103,6 +180,14 @@ pub enum UnpackError {
         /// What is wrong with it.
         reason: String,
     },
+    /// The layer or the image is larger than allowed.
+    #[error("{cap} {limit} bytes")]
+    TooLarge {
+        /// Which cap.
+        cap: Cap,
+        /// The cap, in bytes.
+        limit: u64,
+    },
     /// A filesystem operation for an entry failed.
     #[error("entry {path}: {op}: {source}")]
     Io {
@@ -119,6 +204,64 @@ pub enum UnpackError {
 /// Unpacks the uncompressed layer tar `reader` into the empty directory `dest`, reading
 /// the stream to its very end.
 pub fn unpack_layer<R: Read>(reader: R, dest: &Path) -> Result<UnpackStats, UnpackError> {
+    unpack_layer_limited(reader, dest, &Limits::none())
+}
+
+/// [`unpack_layer`] within `limits`. On [`UnpackError::TooLarge`] the directory holds a
+/// partial layer, which the caller removes as after any other failure.
+pub fn unpack_layer_limited<R: Read>(
+    reader: R,
+    dest: &Path,
+    limits: &Limits,
+) -> Result<UnpackStats, UnpackError> {
+    let over = Rc::new(Cell::new(false));
+    let reader = Bounded {
+        inner: reader,
+        left: limits.layer_bytes,
+        over: Rc::clone(&over),
+    };
+    let too_large = || UnpackError::TooLarge {
+        cap: Cap::Layer,
+        limit: limits.layer_bytes,
+    };
+    // The archive reader wraps read errors in its own, so the cap is told apart by the
+    // flag, not by the error that surfaces.
+    let result = unpack_bounded(reader, dest, limits);
+    match result {
+        Err(_) if over.get() => Err(too_large()),
+        other => other,
+    }
+}
+
+/// Reads at most `left` bytes of `inner`, failing (and raising `over`) on more.
+struct Bounded<R> {
+    inner: R,
+    left: u64,
+    over: Rc<Cell<bool>>,
+}
+
+impl<R: Read> Read for Bounded<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        // One byte past the bound is asked for, so a stream of exactly `left` bytes
+        // passes and a longer one is caught.
+        let want = buf
+            .len()
+            .min(usize::try_from(self.left.saturating_add(1)).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..want])?;
+        if n as u64 > self.left {
+            self.over.set(true);
+            return Err(io::Error::other("archive larger than the layer limit"));
+        }
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
+fn unpack_bounded<R: Read>(
+    reader: R,
+    dest: &Path,
+    limits: &Limits,
+) -> Result<UnpackStats, UnpackError> {
     let root = rustix::fs::open(
         dest,
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
@@ -133,6 +276,7 @@ pub fn unpack_layer<R: Read>(reader: R, dest: &Path) -> Result<UnpackStats, Unpa
         dir_times: HashMap::new(),
         buf: vec![0; COPY_BUFFER],
         stats: UnpackStats::default(),
+        limits: limits.clone(),
     };
     let mut archive = tar::Archive::new(BufReader::with_capacity(READ_BUFFER, reader));
     for entry in archive.entries().map_err(UnpackError::Archive)? {
@@ -180,6 +324,7 @@ struct Unpacker {
     dir_times: HashMap<PathBuf, Timespec>,
     buf: Vec<u8>,
     stats: UnpackStats,
+    limits: Limits,
 }
 
 impl Unpacker {
@@ -267,6 +412,7 @@ impl Unpacker {
         )
         .map_err(io_err(shown, "create file"))?;
         let mut file = File::from(fd);
+        let sparse = entry.header().entry_type().is_gnu_sparse();
         let mut written = 0u64;
         loop {
             let n = match entry.read(&mut self.buf) {
@@ -275,9 +421,21 @@ impl Unpacker {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(io_err(shown, "read data")(e)),
             };
+            self.charge(n as u64)?;
             let chunk = self.buf.get(..n).unwrap_or_default();
-            file.write_all(chunk).map_err(io_err(shown, "write data"))?;
+            // The tar reader hands a sparse file's holes over as reads of zeros, each
+            // read within one hole or one data block; skipping the zeros keeps the hole.
+            if sparse && chunk.iter().all(|&b| b == 0) {
+                file.seek(SeekFrom::Current(n as i64))
+                    .map_err(io_err(shown, "seek over a hole"))?;
+            } else {
+                file.write_all(chunk).map_err(io_err(shown, "write data"))?;
+            }
             written += n as u64;
+        }
+        if sparse {
+            // A hole at the end has no byte after it to give the file its length.
+            file.set_len(written).map_err(io_err(shown, "set length"))?;
         }
         // A stream cut inside a file's data reads as a short file, not an error.
         if !entry.header().entry_type().is_gnu_sparse() && written != entry.size() {
@@ -286,11 +444,30 @@ impl Unpacker {
                 format!("truncated data: {written} of {} bytes", entry.size()),
             ));
         }
-        self.stats.bytes += written;
         // chown clears setuid/setgid and security.capability, so it goes first.
         set_owner_mode_fd(file.as_fd(), meta, shown)?;
         set_xattrs(XattrTarget::Fd(file.as_fd()), &meta.xattrs, shown)?;
         rustix::fs::futimens(&file, &meta.times()).map_err(io_err(shown, "set times"))?;
+        Ok(())
+    }
+
+    /// Counts `n` more bytes of file data against the layer's and the image's caps.
+    fn charge(&mut self, n: u64) -> Result<(), UnpackError> {
+        self.stats.bytes += n;
+        if self.stats.bytes > self.limits.layer_bytes {
+            return Err(UnpackError::TooLarge {
+                cap: Cap::Layer,
+                limit: self.limits.layer_bytes,
+            });
+        }
+        if let Some(image) = &self.limits.image
+            && !image.charge(n)
+        {
+            return Err(UnpackError::TooLarge {
+                cap: Cap::Image,
+                limit: image.limit(),
+            });
+        }
         Ok(())
     }
 
@@ -1398,6 +1575,128 @@ mod tests {
         };
         unpack_layer(&mut reader, &fx.layer).unwrap();
         assert_eq!(reader.read, tar.len());
+    }
+
+    fn limited(layer_bytes: u64, image: Option<&Arc<ImageBudget>>) -> Limits {
+        Limits {
+            layer_bytes,
+            image: image.cloned(),
+        }
+    }
+
+    #[test]
+    fn a_layer_past_its_cap_fails_and_one_at_it_passes() {
+        let tar = build(|b| {
+            file(b, "a", &[1u8; 3000]);
+            file(b, "b", &[2u8; 3000]);
+        });
+        let cap = tar.len() as u64;
+        let fx = fixture();
+        let err = unpack_layer_limited(&tar[..], &fx.layer, &limited(cap - 1, None)).unwrap_err();
+        assert!(
+            matches!(err, UnpackError::TooLarge { cap: Cap::Layer, limit } if limit == cap - 1),
+            "{err}"
+        );
+        assert!(err.to_string().contains("per-layer limit of"), "{err}");
+        let fx = fixture();
+        let stats = unpack_layer_limited(&tar[..], &fx.layer, &limited(cap, None)).unwrap();
+        assert_eq!(stats.bytes, 6000);
+    }
+
+    #[test]
+    fn an_archive_past_the_layer_cap_fails_even_without_file_data() {
+        // A decompression bomb need not hold files: ten thousand empty directories are
+        // five MiB of headers and no data.
+        let fx = fixture();
+        let tar = build(|b| {
+            for n in 0..10_000 {
+                dir(b, &format!("d{n}"));
+            }
+        });
+        let err = unpack_layer_limited(&tar[..], &fx.layer, &limited(1 << 20, None)).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                UnpackError::TooLarge {
+                    cap: Cap::Layer,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let fx = fixture();
+        unpack_layer_limited(&tar[..], &fx.layer, &limited(tar.len() as u64, None)).unwrap();
+    }
+
+    #[test]
+    fn the_image_budget_is_shared_by_its_layers() {
+        let budget = Arc::new(ImageBudget::new(5000));
+        let tar = build(|b| file(b, "f", &[3u8; 3000]));
+        let fx = fixture();
+        unpack_layer_limited(&tar[..], &fx.layer, &limited(u64::MAX, Some(&budget))).unwrap();
+        let fx = fixture();
+        let err = unpack_layer_limited(&tar[..], &fx.layer, &limited(u64::MAX, Some(&budget)))
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                UnpackError::TooLarge {
+                    cap: Cap::Image,
+                    limit: 5000
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    /// A GNU sparse entry (old GNU format, as `tar --sparse` writes it): `real` bytes
+    /// long with `data` at `offset` and holes elsewhere.
+    fn sparse(b: &mut Builder<Vec<u8>>, name: &str, real: u64, offset: u64, data: &[u8]) {
+        let mut h = header(EntryType::GNUSparse, name.as_bytes(), data.len() as u64);
+        let gnu = h.as_gnu_mut().unwrap();
+        gnu.set_real_size(real);
+        gnu.sparse[0].set_offset(offset);
+        gnu.sparse[0].set_length(data.len() as u64);
+        // The closing empty block at the end records the trailing hole.
+        gnu.sparse[1].set_offset(real);
+        gnu.sparse[1].set_length(0);
+        h.set_cksum();
+        b.append(&h, data).unwrap();
+    }
+
+    #[test]
+    fn sparse_files_keep_their_holes() {
+        let fx = fixture();
+        let real = 64 << 20;
+        let tar = build(|b| sparse(b, "disk.img", real, 32 << 20, &[b'x'; 4096]));
+        let stats = unpack(&fx, &tar).unwrap();
+        assert_eq!(stats.bytes, real);
+        let path = fx.layer.join("disk.img");
+        let meta = fs::metadata(&path).unwrap();
+        assert_eq!(meta.len(), real);
+        // 64 MiB written out as zeros would be 131072 blocks of 512 bytes.
+        assert!(meta.blocks() < 1024, "{} blocks allocated", meta.blocks());
+        let data = fs::read(&path).unwrap();
+        assert_eq!(&data[(32 << 20)..(32 << 20) + 4096], &[b'x'; 4096][..]);
+        assert!(data[..32 << 20].iter().all(|&b| b == 0));
+        assert!(data[(32 << 20) + 4096..].iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn sparse_holes_count_against_the_cap() {
+        let fx = fixture();
+        let tar = build(|b| sparse(b, "huge", 1 << 40, 0, &[b'x'; 512]));
+        let err = unpack_layer_limited(&tar[..], &fx.layer, &limited(1 << 20, None)).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                UnpackError::TooLarge {
+                    cap: Cap::Layer,
+                    ..
+                }
+            ),
+            "{err}"
+        );
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub fn image_status(e: &ImageError) -> Status {
         ImageKind::DeadlineExceeded => Code::DeadlineExceeded,
         ImageKind::Cancelled => Code::Cancelled,
         ImageKind::PermissionDenied => Code::PermissionDenied,
+        ImageKind::ResourceExhausted => Code::ResourceExhausted,
         ImageKind::Internal => Code::Internal,
     };
     Status::new(code, e.to_string())

@@ -24,6 +24,8 @@ pub struct Crustd {
     extra_config: String,
     /// Extra top-level keys, written before the first table.
     top_config: String,
+    /// Extra keys of the `[registry]` table.
+    registry_config: String,
 }
 
 /// The two CRI clients over one connection.
@@ -41,6 +43,11 @@ impl Crustd {
         Self::start_with("").await
     }
 
+    /// Starts crustd with `keys` added to its `[registry]` table.
+    pub async fn start_with_registry(keys: &str) -> Crustd {
+        Self::start_full("", keys, "").await
+    }
+
     /// Starts crustd with `extra` TOML added to its config file.
     pub async fn start_with(extra: &str) -> Crustd {
         Self::start_configured("", extra).await
@@ -48,6 +55,10 @@ impl Crustd {
 
     /// Starts crustd with `top` top-level keys and `extra` tables in its config file.
     pub async fn start_configured(top: &str, extra: &str) -> Crustd {
+        Self::start_full(top, "", extra).await
+    }
+
+    async fn start_full(top: &str, registry: &str, extra: &str) -> Crustd {
         let dir = tempfile::Builder::new()
             .prefix("crust-e2e-")
             .tempdir()
@@ -60,6 +71,7 @@ impl Crustd {
             dir,
             extra_config: extra.to_string(),
             top_config: top.to_string(),
+            registry_config: registry.to_string(),
         };
         d.write_config();
         d.spawn().await;
@@ -70,7 +82,7 @@ impl Crustd {
         let p = self.dir.path();
         let config = format!(
             "root = {root:?}\nstate = {state:?}\nlisten = {sock:?}\nlog_level = \"debug\"\n{top}\
-             [registry]\nconfig_path = {certs:?}\n\
+             [registry]\nconfig_path = {certs:?}\n{registry}\n\
              [cni]\nconf_dir = {cni:?}\ncache_dir = {cache:?}\nbin_dirs = [{bin:?}, \"/usr/lib/cni\", \"/opt/cni/bin\"]\n{extra}\n",
             root = p.join("root"),
             state = p.join("state"),
@@ -81,6 +93,7 @@ impl Crustd {
             bin = p.join("cni-bin"),
             extra = self.extra_config,
             top = self.top_config,
+            registry = self.registry_config,
         );
         fs::write(p.join("config.toml"), config).unwrap();
     }

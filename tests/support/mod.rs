@@ -4,6 +4,8 @@
 //! uses a different part of it, so dead-code warnings are silenced for the whole tree.
 //!
 //! - [`registry`] runs Debian's `docker-registry` on a loopback port, one per test.
+//! - [`fake_registry`] is a scripted loopback HTTP server that records requests and
+//!   misbehaves on purpose (a mirror fishing for credentials, endless blobs).
 //! - [`oci`] builds images in memory (layers, configs, manifests, indexes) and pushes
 //!   them to such a registry.
 //! - [`stream_client`] speaks SPDY and WebSocket to crustd's streaming server, as
@@ -12,6 +14,7 @@
 
 pub mod cni;
 pub mod crustd;
+pub mod fake_registry;
 pub mod oci;
 pub mod pod;
 pub mod registry;

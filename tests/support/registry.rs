@@ -65,9 +65,46 @@ impl Registry {
             .tempdir()
             .expect("create registry temp dir");
         let port = free_loopback_port();
+        Self::spawn(dir, port, None)
+    }
+
+    /// Restarts the registry on the same port and storage, now requiring HTTP basic
+    /// authentication as `user` with `password` (an htpasswd file made by apache2-utils'
+    /// `htpasswd -B`). Calling it again rotates the credentials.
+    ///
+    /// Push anonymously first: the test's push helpers send no credentials.
+    pub fn require_auth(&mut self, user: &str, password: &str) {
+        let htpasswd = self.dir.path().join("htpasswd");
+        let out = Command::new("htpasswd")
+            .args(["-Bbn", user, password])
+            .output()
+            .expect("run htpasswd");
+        assert!(out.status.success(), "htpasswd: {out:?}");
+        std::fs::write(&htpasswd, &out.stdout).expect("write htpasswd");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // Take the directory over into the new value; the old one is forgotten with a
+        // child that is already reaped.
+        let dir = std::mem::replace(
+            &mut self.dir,
+            tempfile::Builder::new()
+                .prefix("crust-registry-old-")
+                .tempdir()
+                .expect("tempdir"),
+        );
+        let restarted = Self::spawn(dir, self.port, Some(&htpasswd))
+            .unwrap_or_else(|e| panic!("docker-registry did not restart with auth: {e}"));
+        let old = std::mem::replace(self, restarted);
+        drop(old);
+    }
+
+    fn spawn(dir: TempDir, port: u16, htpasswd: Option<&Path>) -> Result<Registry, String> {
         let config_path = dir.path().join("config.yml");
-        std::fs::write(&config_path, config_yaml(&dir.path().join("data"), port))
-            .expect("write registry config");
+        std::fs::write(
+            &config_path,
+            config_yaml(&dir.path().join("data"), port, htpasswd),
+        )
+        .expect("write registry config");
         let log_path = dir.path().join("registry.log");
         let log = File::create(&log_path).expect("create registry log");
 
@@ -92,7 +129,8 @@ impl Registry {
                     std::fs::read_to_string(&log_path).unwrap_or_default()
                 ));
             }
-            if matches!(registry.try_get("/v2/"), Ok(response) if response.status == 200) {
+            let ready = if htpasswd.is_some() { 401 } else { 200 };
+            if matches!(registry.try_get("/v2/"), Ok(response) if response.status == ready) {
                 return Ok(registry);
             }
             if Instant::now() > deadline {
@@ -164,7 +202,14 @@ impl Drop for Registry {
 
 /// The registry configuration: filesystem storage with deletes enabled, and no blob
 /// descriptor cache, so blobs corrupted on disk are served as they are now.
-fn config_yaml(root: &Path, port: u16) -> String {
+fn config_yaml(root: &Path, port: u16, htpasswd: Option<&Path>) -> String {
+    let auth = match htpasswd {
+        Some(path) => format!(
+            "auth:\n  htpasswd:\n    realm: crust-test\n    path: {}\n",
+            path.display()
+        ),
+        None => String::new(),
+    };
     format!(
         "\
 version: 0.1
@@ -186,7 +231,7 @@ http:
 health:
   storagedriver:
     enabled: false
-",
+{auth}",
         root = root.display()
     )
 }
