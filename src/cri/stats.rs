@@ -5,7 +5,7 @@
 //! process's), `/proc/<pause>/net/dev` for the pod's interfaces, and a cached walk of
 //! the writable layer (at most one walk per layer every 10 s).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -59,12 +59,15 @@ impl StatsState {
         Some(found)
     }
 
-    /// Drops what is kept for objects that no longer exist.
-    fn retain(&self, alive: &dyn Fn(&str) -> bool) {
+    /// Drops what is kept for objects that no longer exist: cgroup paths and CPU
+    /// samples by id, disk usage by writable layer, so the caches hold only the living.
+    fn retain(&self, alive: &dyn Fn(&str) -> bool, layers: &HashSet<PathBuf>) {
         self.paths
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .retain(|id, _| alive(id));
+        self.cpu.retain(alive);
+        self.disk.retain(&|path| layers.contains(path));
     }
 }
 
@@ -180,9 +183,14 @@ impl Cri {
         self.instrumented("ListContainerStats", async {
             let services = self.services()?;
             let all = services.containers.list();
-            services.stats.retain(&|id| {
-                services.containers.get(id).is_some() || services.sandboxes.get(id).is_some()
-            });
+            let layers: HashSet<PathBuf> = all
+                .iter()
+                .filter_map(|r| services.images.writable_layer(&r.id))
+                .collect();
+            services.stats.retain(
+                &|id| services.containers.get(id).is_some() || services.sandboxes.get(id).is_some(),
+                &layers,
+            );
             let stats = all
                 .iter()
                 .filter(|r| {

@@ -52,6 +52,14 @@ impl CpuSampler {
         Some(u64::try_from(rate).unwrap_or(u64::MAX))
     }
 
+    /// Keeps the samples of the ids `alive` accepts, forgetting removed objects.
+    pub fn retain(&self, alive: &dyn Fn(&str) -> bool) {
+        self.last
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|id, _| alive(id));
+    }
+
     /// Forgets `id`, once its container or sandbox is removed.
     pub fn forget(&self, id: &str) {
         self.last
@@ -66,6 +74,16 @@ mod tests {
     use super::*;
 
     const SECOND: i64 = 1_000_000_000;
+
+    #[test]
+    fn retain_forgets_the_removed() {
+        let sampler = CpuSampler::new();
+        sampler.sample("keep", SECOND, 1);
+        sampler.sample("gone", SECOND, 1);
+        sampler.retain(&|id| id == "keep");
+        assert_eq!(sampler.sample("gone", 2 * SECOND, 2), None, "a fresh start");
+        assert!(sampler.sample("keep", 2 * SECOND, 2).is_some());
+    }
 
     #[test]
     fn rate_from_two_samples() {

@@ -70,6 +70,11 @@ impl DiskUsageCache {
         Ok(usage)
     }
 
+    /// Keeps the results of the paths `alive` accepts, forgetting removed layers.
+    pub fn retain(&self, alive: &dyn Fn(&Path) -> bool) {
+        self.lock().retain(|path, _| alive(path));
+    }
+
     /// Drops the cached result of `path`, once its container is removed.
     pub fn forget(&self, path: &Path) {
         self.lock().remove(path);
