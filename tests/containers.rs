@@ -571,18 +571,7 @@ async fn fifty_cycles_leave_nothing() {
             .containers;
     assert!(list.is_empty());
     let sandbox = p.sandbox.clone();
-    p.c.runtime
-        .stop_pod_sandbox(cri::StopPodSandboxRequest {
-            pod_sandbox_id: sandbox.clone(),
-        })
-        .await
-        .unwrap();
-    p.c.runtime
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: sandbox,
-        })
-        .await
-        .unwrap();
+    p.stop_and_remove_pod(&sandbox).await;
     assert_nothing_left(&p);
 }
 
@@ -1017,21 +1006,8 @@ async fn under_cgroup_driver(driver: &str, cgroup_parent: &str) -> (Vec<String>,
     )
     .await;
     // A pod of its own, under the parent kubelet would give for this driver.
-    let mut config = p.sandbox_config.clone();
-    config.metadata.as_mut().unwrap().name = "driver".into();
-    config.metadata.as_mut().unwrap().uid = "uid-driver".into();
-    config.linux.as_mut().unwrap().cgroup_parent = cgroup_parent.into();
-    p.sandbox =
-        p.c.runtime
-            .run_pod_sandbox(cri::RunPodSandboxRequest {
-                config: Some(config.clone()),
-                runtime_handler: String::new(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .pod_sandbox_id;
-    p.sandbox_config = config;
+    p.sandbox_config.linux.as_mut().unwrap().cgroup_parent = cgroup_parent.into();
+    (p.sandbox, p.sandbox_config) = p.run_other_pod("driver").await;
     let id = p.run(p.config("c", &["/bin/sleep", "1000"])).await;
     let r = p.exec(&id, &["true"], 5).await.unwrap();
     assert_eq!(r.exit_code, 0);
@@ -1077,18 +1053,7 @@ async fn under_cgroup_driver(driver: &str, cgroup_parent: &str) -> (Vec<String>,
     p.stop(&id, 5).await;
     p.remove(&id).await;
     let sandbox = p.sandbox.clone();
-    p.c.runtime
-        .stop_pod_sandbox(cri::StopPodSandboxRequest {
-            pod_sandbox_id: sandbox.clone(),
-        })
-        .await
-        .unwrap();
-    p.c.runtime
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: sandbox,
-        })
-        .await
-        .unwrap();
+    p.stop_and_remove_pod(&sandbox).await;
     for path in made.iter().filter(|p| p.contains(":crust:")) {
         for ctrl in fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
             let _ = fs::remove_dir(ctrl.path().join(path.trim_start_matches('/')));
@@ -1155,19 +1120,7 @@ async fn the_cgroupfs_driver_passes_plain_paths() {
 async fn creates_racing_a_pod_removal_leave_no_orphan() {
     let mut p = pod().await;
     for round in 0..16u64 {
-        let mut config = p.sandbox_config.clone();
-        config.metadata.as_mut().unwrap().name = format!("race{round}");
-        config.metadata.as_mut().unwrap().uid = format!("uid-race{round}");
-        let sandbox =
-            p.c.runtime
-                .run_pod_sandbox(cri::RunPodSandboxRequest {
-                    config: Some(config.clone()),
-                    runtime_handler: String::new(),
-                })
-                .await
-                .unwrap()
-                .into_inner()
-                .pod_sandbox_id;
+        let (sandbox, config) = p.run_other_pod(&format!("race{round}")).await;
         let mut creator = p.c.clone();
         let request = cri::CreateContainerRequest {
             pod_sandbox_id: sandbox.clone(),
@@ -1250,19 +1203,7 @@ async fn a_slow_remove_does_not_hold_up_other_calls() {
     for i in 0..100_000 {
         fs::File::create(many.join(i.to_string())).unwrap();
     }
-    let mut other = p.sandbox_config.clone();
-    other.metadata.as_mut().unwrap().name = "other".into();
-    other.metadata.as_mut().unwrap().uid = "uid-other".into();
-    let other_pod =
-        p.c.runtime
-            .run_pod_sandbox(cri::RunPodSandboxRequest {
-                config: Some(other.clone()),
-                runtime_handler: String::new(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .pod_sandbox_id;
+    let (other_pod, other) = p.run_other_pod("other").await;
     p.stop(&big, 0).await;
     let mut remover = p.c.clone();
     let removing = tokio::spawn(async move {

@@ -134,6 +134,45 @@ impl TestPod {
         }
     }
 
+    /// Runs another pod on the daemon, configured like the first but named `name`
+    /// (uid `uid-NAME`); its id and config.
+    pub async fn run_other_pod(&mut self, name: &str) -> (String, cri::PodSandboxConfig) {
+        let mut config = self.sandbox_config.clone();
+        let meta = config.metadata.as_mut().unwrap();
+        meta.name = name.into();
+        meta.uid = format!("uid-{name}");
+        let id = self
+            .c
+            .runtime
+            .run_pod_sandbox(cri::RunPodSandboxRequest {
+                config: Some(config.clone()),
+                runtime_handler: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .pod_sandbox_id;
+        (id, config)
+    }
+
+    /// StopPodSandbox then RemovePodSandbox of `id`, which must succeed.
+    pub async fn stop_and_remove_pod(&mut self, id: &str) {
+        self.c
+            .runtime
+            .stop_pod_sandbox(cri::StopPodSandboxRequest {
+                pod_sandbox_id: id.into(),
+            })
+            .await
+            .unwrap();
+        self.c
+            .runtime
+            .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+                pod_sandbox_id: id.into(),
+            })
+            .await
+            .unwrap();
+    }
+
     /// A container config for the pulled image: `cmd`, a log at `NAME/0.log`, the
     /// label `name=NAME`.
     pub fn config(&self, name: &str, cmd: &[&str]) -> cri::ContainerConfig {
