@@ -209,12 +209,25 @@ impl LayerStore {
         if dest.exists() {
             remove_tree(&dest);
         }
+        // The record below is durable (redb fsyncs); the files must be too before it
+        // exists, or a power loss leaves a recorded layer of empty files. One syncfs
+        // writes back the whole tree, far cheaper than an fsync per file.
+        let sync = |path: &Path| -> std::io::Result<()> {
+            let dir = fs::File::open(path)?;
+            rustix::fs::syncfs(&dir)?;
+            Ok(())
+        };
+        sync(temp).map_err(|e| ImageError::io(format!("sync {}", temp.display()), e))?;
         fs::rename(temp, &dest).map_err(|e| {
             ImageError::io(
                 format!("rename {} to {}", temp.display(), dest.display()),
                 e,
             )
         })?;
+        // And the rename itself, in the store directory.
+        fs::File::open(&self.dir)
+            .and_then(|dir| dir.sync_all())
+            .map_err(|e| ImageError::io(format!("sync {}", self.dir.display()), e))?;
         let info = LayerInfo {
             diff_id: diff_id.to_string(),
             bytes,

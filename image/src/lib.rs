@@ -192,7 +192,7 @@ impl ImageService {
         if outcome.is_err() {
             // Layers this pull committed but no image records are garbage now.
             let meta = self.meta.lock().await;
-            match self.layers.gc(&self.referenced_layers()) {
+            match self.collect_layers().await {
                 Ok(collected) => {
                     drop(meta);
                     delete_collected(collected).await;
@@ -248,9 +248,15 @@ impl ImageService {
             }
             (record, others)
         };
-        let mut put: Vec<&ImageRecord> = vec![&record];
-        put.extend(others.iter());
-        store::write(&self.db, &put, &[])?;
+        let (db, put) = (Arc::clone(&self.db), {
+            let mut put = vec![record.clone()];
+            put.extend(others.iter().cloned());
+            put
+        });
+        blocking("store image", move || {
+            store::write(&db, &put.iter().collect::<Vec<_>>(), &[])
+        })
+        .await?;
         let record = Arc::new(record);
         let mut index = self.write();
         for other in others {
@@ -299,14 +305,17 @@ impl ImageService {
             updated.repo_tags.retain(|t| t != n);
             updated.repo_digests.retain(|d| d != n);
         }
+        let db = Arc::clone(&self.db);
         if by_id || updated.repo_tags.is_empty() {
-            store::write(&self.db, &[], &[record.id.as_str()])?;
+            let id = record.id.clone();
+            blocking("remove image", move || store::write(&db, &[], &[id.as_str()])).await?;
             self.write().remove(&record.id);
         } else {
-            store::write(&self.db, &[&updated], &[])?;
+            let put = updated.clone();
+            blocking("store image", move || store::write(&db, &[&put], &[])).await?;
             self.write().insert(Arc::new(updated));
         }
-        let collected = self.layers.gc(&self.referenced_layers())?;
+        let collected = self.collect_layers().await?;
         drop(meta);
         delete_collected(collected).await;
         Ok(())
@@ -316,6 +325,14 @@ impl ImageService {
     pub fn usage(&self) -> (PathBuf, u64, u64) {
         let (bytes, inodes) = self.layers.usage();
         (self.layers.dir().to_path_buf(), bytes, inodes)
+    }
+
+    /// Takes unreferenced layers out of the store (records deleted, a durable
+    /// commit, on a blocking thread); the caller holds `meta`, so that no record or
+    /// pin appears meanwhile, and deletes the trees once it let go.
+    async fn collect_layers(&self) -> Result<layers::Collected> {
+        let (layers, referenced) = (Arc::clone(&self.layers), self.referenced_layers());
+        blocking("collect layers", move || layers.gc(&referenced)).await
     }
 
     fn referenced_layers(&self) -> HashSet<String> {
@@ -356,48 +373,38 @@ impl ImageService {
             mountpoint: mountpoint.to_path_buf(),
             rw_dir: self.containers_dir.join(container_id),
         };
-        // Pin before mounting: a crash after this leaves a pin that remove_rootfs (or
-        // recovery through it) releases, never a mount whose layers were collected.
-        rootfs::put(&self.db, container_id, &pin)?;
+        // Pinned in memory under the lock, which is all a collection looks at; the
+        // durable pin and the mount follow without it, so creates mount in parallel.
         self.pins
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(container_id.to_string(), pin.clone());
-        let result = self.mount_pin(&pin);
+        drop(_meta);
+        let (db, id, lower) = (
+            Arc::clone(&self.db),
+            container_id.to_owned(),
+            self.lower_dirs(&pin),
+        );
+        // Pin before mounting: a crash after this leaves a pin that remove_rootfs (or
+        // recovery through it) releases, never a mount whose layers were collected.
+        let result = blocking("mount rootfs", move || {
+            rootfs::put(&db, &id, &pin)?;
+            mount_pin(&pin, &lower)
+        })
+        .await;
         if result.is_err() {
-            drop(_meta);
             let _ = self.remove_rootfs(container_id).await;
         }
         result
     }
 
-    fn mount_pin(&self, pin: &rootfs::Pin) -> Result<PathBuf> {
-        let upper = pin.rw_dir.join("fs");
-        let work = pin.rw_dir.join("work");
-        for d in [&upper, &work] {
-            std::fs::create_dir_all(d)
-                .map_err(|e| ImageError::io(format!("create {}", d.display()), e))?;
-        }
-        // The upper directory's attributes are those of the container's `/`: 0755 as
-        // containerd's snapshotter makes it, so containers running as any user can
-        // walk their rootfs. Its parent (`containers/<id>`) stays 0700: overlayfs
-        // reaches it with root's credentials, host users cannot.
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&upper, std::fs::Permissions::from_mode(0o755))
-                .map_err(|e| ImageError::io(format!("chmod {}", upper.display()), e))?;
-        }
-        let lower: Vec<PathBuf> = pin
-            .diff_ids
+    /// The overlay lower directories of `pin`, topmost first.
+    fn lower_dirs(&self, pin: &rootfs::Pin) -> Vec<PathBuf> {
+        pin.diff_ids
             .iter()
             .rev()
             .map(|d| self.layers.path(d))
-            .collect();
-        let options = rootfs::overlay_options(&lower, &upper, &work)?;
-        rootfs::mount_overlay(&options, &pin.mountpoint).map_err(|e| {
-            ImageError::io(format!("mount rootfs at {}", pin.mountpoint.display()), e)
-        })?;
-        Ok(pin.mountpoint.clone())
+            .collect()
     }
 
     /// Mounts a pinned rootfs again if it is not mounted (after a reboot emptied the
@@ -413,7 +420,7 @@ impl ImageService {
         if is_mountpoint(&pin.mountpoint) {
             return Ok(pin.mountpoint);
         }
-        self.mount_pin(&pin)
+        mount_pin(&pin, &self.lower_dirs(&pin))
     }
 
     /// Unmounts and deletes a container's rootfs and writable layer and unpins its
@@ -454,7 +461,7 @@ impl ImageService {
             .unwrap_or_else(|p| p.into_inner())
             .remove(container_id);
         // Layers of an image removed while this container used them go now.
-        let collected = self.layers.gc(&self.referenced_layers())?;
+        let collected = self.collect_layers().await?;
         drop(meta);
         delete_collected(collected).await;
         Ok(())
@@ -478,6 +485,40 @@ impl ImageService {
             .get(container_id)
             .map(|p| p.rw_dir.join("fs"))
     }
+}
+
+/// Runs blocking `work` (fsyncs, mounts) on a blocking thread.
+async fn blocking<T: Send + 'static>(
+    what: &'static str,
+    work: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| ImageError::io(what, std::io::Error::other(e)))?
+}
+
+/// Mounts a pinned rootfs: `lower` under its writable layer. Blocking.
+fn mount_pin(pin: &rootfs::Pin, lower: &[PathBuf]) -> Result<PathBuf> {
+    let upper = pin.rw_dir.join("fs");
+    let work = pin.rw_dir.join("work");
+    for d in [&upper, &work] {
+        std::fs::create_dir_all(d)
+            .map_err(|e| ImageError::io(format!("create {}", d.display()), e))?;
+    }
+    // The upper directory's attributes are those of the container's `/`: 0755 as
+    // containerd's snapshotter makes it, so containers running as any user can
+    // walk their rootfs. Its parent (`containers/<id>`) stays 0700: overlayfs
+    // reaches it with root's credentials, host users cannot.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&upper, std::fs::Permissions::from_mode(0o755))
+            .map_err(|e| ImageError::io(format!("chmod {}", upper.display()), e))?;
+    }
+    let options = rootfs::overlay_options(lower, &upper, &work)?;
+    rootfs::mount_overlay(&options, &pin.mountpoint).map_err(|e| {
+        ImageError::io(format!("mount rootfs at {}", pin.mountpoint.display()), e)
+    })?;
+    Ok(pin.mountpoint.clone())
 }
 
 /// Deletes the trees a layer GC moved aside, on a blocking thread.

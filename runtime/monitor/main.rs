@@ -19,7 +19,9 @@
 //!    with the container's stdio (see `create`), read the pid file, bind the attach
 //!    socket (0600), answer on the sync fd and close it. crustd runs `<runtime> start`
 //!    itself. Any failure: kill and reap whatever the runtime left, answer
-//!    `{"error":...}`, exit 1.
+//!    `{"error":...}`, exit 1. If crustd is gone by the time the container exists
+//!    (the `{"pid":P}` write fails), nobody recorded it: kill it, `<runtime> delete`
+//!    it, exit 1.
 //! 3. **Serve** (see `serve`): output to the CRI log and to attach clients, client
 //!    input to the container, resizes, log reopening (frame or SIGUSR1).
 //! 4. **Exit.** When the container process exits: drain its output, send clients the
@@ -113,13 +115,20 @@ fn run(args: &Args) -> i32 {
             return 1;
         }
     };
-    send(
+    let delivered = send(
         &mut sync,
         &SyncMessage::Created {
             pid: started.container.as_raw(),
         },
     );
     drop(sync);
+    if !delivered {
+        // crustd died before it learned the pid: its record still says "creating",
+        // and its restart may already have undone that record while the runtime was
+        // still creating. Nobody would own this container, so it goes.
+        abandon(args);
+        return 1;
+    }
 
     let Started {
         mut serve,
@@ -228,7 +237,35 @@ fn write_exit_file(path: &Path, status: &ExitStatus) -> std::io::Result<()> {
     std::fs::rename(&temp, path)
 }
 
-/// Writes one handshake line. crustd may be gone (EPIPE): the monitor goes on.
-fn send(sync: &mut UnixStream, message: &SyncMessage) {
-    let _ = sync.write_all(&message.to_line());
+/// Writes one handshake line; false if crustd is gone (EPIPE, its end closed).
+fn send(sync: &mut UnixStream, message: &SyncMessage) -> bool {
+    sync.write_all(&message.to_line()).is_ok()
+}
+
+/// Kills the created container and deletes the runtime's state of it.
+fn abandon(args: &Args) {
+    sys::kill_and_reap_children();
+    let _ = std::fs::remove_file(&args.attach_socket);
+    let runtime = crust_runtime::OciRuntime::new(args.runtime.clone(), args.runtime_root.clone())
+        .with_systemd_cgroup(args.systemd_cgroup);
+    let log = args.bundle.join(crust_runtime::oci::LOG_FILE);
+    let Ok(mut command) = runtime.delete_command(&args.id, true, &log) else {
+        return;
+    };
+    let Ok(mut child) = command
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+    else {
+        return;
+    };
+    let deadline = std::time::Instant::now() + args.create_timeout;
+    while std::time::Instant::now() < deadline {
+        if !matches!(child.try_wait(), Ok(None)) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }

@@ -311,19 +311,31 @@ impl OciRuntime {
     /// Deletes container `id` (`force`: kills it first if it runs). A container that
     /// does not exist is not an error.
     pub async fn delete(&self, id: &str, force: bool) -> Result<()> {
-        validate_id(id)?;
         let log = self.call_log(id)?;
-        let mut command = self.command(&log.path);
-        command.arg("delete");
-        if force {
-            command.arg("--force");
-        }
-        command.arg(id);
+        let command = self.delete_command(id, force, &log.path)?;
         match self.run("delete", id, command, log, true).await {
             Ok(_) => Ok(()),
             Err(err) if err.kind() == ErrorKind::NotFound => Ok(()),
             Err(err) => Err(err),
         }
+    }
+
+    /// The `delete` command line logging to `log`, for a caller without an async
+    /// runtime (the monitor abandoning a container nobody recorded).
+    pub fn delete_command(
+        &self,
+        id: &str,
+        force: bool,
+        log: &Path,
+    ) -> Result<std::process::Command> {
+        validate_id(id)?;
+        let mut command = self.command(log);
+        command.arg("delete");
+        if force {
+            command.arg("--force");
+        }
+        command.arg(id);
+        Ok(command)
     }
 
     /// The runtime's name for messages: its binary's file name.

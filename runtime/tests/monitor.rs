@@ -9,6 +9,7 @@
 //! container and kills the monitor even when an assertion fails.
 
 use std::io::BufRead;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -865,4 +866,45 @@ async fn zz_helper_spawns_a_monitor_and_dies() {
     println!("MONITOR {} {}", started.monitor_pid, started.container_pid);
     // Wait to be killed; exit on our own if the parent forgot.
     tokio::time::sleep(Duration::from_secs(60)).await;
+}
+
+#[tokio::test]
+async fn a_container_created_after_its_spawner_died_is_killed_and_deleted() {
+    become_subreaper();
+    let c = container("gone", json!({"args": ["/bin/sleep", "1000"]}), json!({}));
+    // A runtime slow to begin, so that the spawner is gone before `create` returns:
+    // crustd killed mid-create.
+    let slow = c.dir.path().join("slow-runc");
+    std::fs::write(&slow, format!("#!/bin/sh\nsleep 1\nexec {RUNC} \"$@\"\n")).unwrap();
+    std::fs::set_permissions(&slow, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut spawn = c.spawn();
+    spawn.runtime_binary = slow;
+    spawn.binary = uniquely_named_monitor(c.dir.path(), "cm-gone");
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
+    let (ours, theirs) = socketpair(
+        AddressFamily::Unix,
+        SockType::Stream,
+        None,
+        SockFlag::empty(),
+    )
+    .unwrap();
+    let mut forker = Command::new(&spawn.binary)
+        .args(spawn.args(theirs.as_raw_fd(), SPAWN_TIMEOUT).unwrap())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    drop(theirs);
+    let mut hello = String::new();
+    std::io::BufReader::new(std::os::unix::net::UnixStream::from(ours))
+        .read_line(&mut hello)
+        .unwrap();
+    // Our end closes with the reader: the Created answer finds no one.
+    assert!(hello.contains("monitor_pid"), "{hello}");
+    forker.wait().unwrap();
+    assert_nothing_left(&c, "cm-gone", Some(1));
+    let state = c.runtime.state(&c.id).await.unwrap();
+    assert!(state.is_none(), "the runtime still has it: {state:?}");
+    assert!(!c.attach_socket.exists());
 }

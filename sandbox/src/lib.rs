@@ -510,15 +510,25 @@ impl SandboxService {
         let host_network = record.host_network();
 
         let files = self.files(&id);
-        files
-            .write(&config.hostname, config.dns_config.as_ref(), host_network)
-            .map_err(|e| step(&id, "pod files", ErrorKind::Internal, e))?;
         let ipc_host = ns.ipc == cri::NamespaceMode::Node as i32;
-        if !ipc_host {
-            files
-                .mount_shm()
-                .map_err(|e| step(&id, "pod /dev/shm", ErrorKind::Internal, e))?;
-        }
+        // Synced writes and a mount: off the async workers.
+        let (staged, hostname, dns) = (
+            files.clone(),
+            config.hostname.clone(),
+            config.dns_config.clone(),
+        );
+        tokio::task::spawn_blocking(move || {
+            staged
+                .write(&hostname, dns.as_ref(), host_network)
+                .map_err(|e| ("pod files", e))?;
+            if !ipc_host {
+                staged.mount_shm().map_err(|e| ("pod /dev/shm", e))?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| step(&id, "pod files", ErrorKind::Internal, e))?
+        .map_err(|(what, e)| step(&id, what, ErrorKind::Internal, e))?;
 
         let security = config
             .linux
@@ -697,19 +707,29 @@ impl SandboxService {
             errors.extend(network);
         }
         let id = &record.id;
-        let pod_files = self.files(id);
-        if let Err(e) = pod_files.unmount_shm() {
-            errors.push(format!("unmount shm: {e}"));
-        }
-        if files {
-            if let Err(e) = pod_files.remove() {
-                errors.push(format!("pod files: {e}"));
+        let (pod_files, bundle) = (self.files(id), self.bundle(id));
+        // An unmount and two tree removals: off the async workers.
+        let removed = tokio::task::spawn_blocking(move || {
+            let mut errors = Vec::new();
+            if let Err(e) = pod_files.unmount_shm() {
+                errors.push(format!("unmount shm: {e}"));
             }
-            if let Err(e) = std::fs::remove_dir_all(self.bundle(id))
-                && e.kind() != std::io::ErrorKind::NotFound
-            {
-                errors.push(format!("bundle: {e}"));
+            if files {
+                if let Err(e) = pod_files.remove() {
+                    errors.push(format!("pod files: {e}"));
+                }
+                if let Err(e) = std::fs::remove_dir_all(bundle)
+                    && e.kind() != std::io::ErrorKind::NotFound
+                {
+                    errors.push(format!("bundle: {e}"));
+                }
             }
+            errors
+        })
+        .await;
+        match removed {
+            Ok(errs) => errors.extend(errs),
+            Err(e) => errors.push(format!("pod files task: {e}")),
         }
         errors
     }

@@ -65,7 +65,10 @@ impl PodFiles {
         } else {
             default_hosts(hostname).into_bytes()
         };
-        write_atomic(&self.hosts(), &hosts)
+        write_atomic(&self.hosts(), &hosts)?;
+        // The renames made durable too: the pod outlives a power loss on the
+        // persistent root, and its containers bind-mount these files again.
+        fs::File::open(&self.dir)?.sync_all()
     }
 
     /// Mounts the pod's /dev/shm tmpfs.
@@ -139,7 +142,7 @@ fn default_hosts(hostname: &str) -> String {
     s
 }
 
-/// Writes `path` through a temporary file and a rename. The file is created anew
+/// Writes `path` through a synced temporary file and a rename. The file is created anew
 /// (`O_EXCL`, so a symlink or file planted at the temporary name is never followed or
 /// reused) with mode 0644 set explicitly: every container user reads these files,
 /// whatever crustd's umask.
@@ -156,6 +159,8 @@ fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
         .open(&tmp)?;
     file.set_permissions(fs::Permissions::from_mode(0o644))?;
     file.write_all(data)?;
+    // Durable before the rename makes it the file, never an empty one after a crash.
+    file.sync_data()?;
     drop(file);
     fs::rename(&tmp, path)
 }

@@ -335,7 +335,7 @@ async fn create(
             if let Err(cleanup) = services.images.remove_rootfs(&id).await {
                 tracing::warn!(container = %id, error = %cleanup, "rootfs cleanup after a failed create");
             }
-            let _ = std::fs::remove_dir_all(services.config.state.join("containers").join(&id));
+            remove_state_dir(&services, &id).await;
             Err(error::container_status(&e))
         }
     }
@@ -389,8 +389,14 @@ pub(super) async fn remove(services: Arc<Services>, id: String) -> Result<(), St
         .remove_rootfs(&r.id)
         .await
         .map_err(|e| error::image_status(&e))?;
-    let _ = std::fs::remove_dir_all(services.config.state.join("containers").join(&r.id));
+    remove_state_dir(&services, &r.id).await;
     Ok(())
+}
+
+/// Removes `<state>/containers/<id>` (exit file, attach socket) off the async workers.
+async fn remove_state_dir(services: &Services, id: &str) {
+    let dir = services.config.state.join("containers").join(id);
+    let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
 }
 
 /// How the container joins its pod: the pause process's namespaces, or the host's.

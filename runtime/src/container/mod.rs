@@ -674,15 +674,22 @@ impl ContainerService {
         }
         // The runtime removes the cgroup it made, except when its own state was already
         // gone (a create interrupted between cgroup setup and state write): do it here.
-        if let Some(path) = self.spec_json(r).and_then(|s| {
+        let cgroup = self.spec_json(r).and_then(|s| {
             s.pointer("/linux/cgroupsPath")
                 .and_then(|p| p.as_str())
                 .map(str::to_string)
-        }) {
-            crate::stats::cgroup::remove_empty_cgroup(&path);
-        }
+        });
         unstage_rro(&r.bundle).await;
-        if let Err(e) = std::fs::remove_dir_all(&r.bundle)
+        let bundle = r.bundle.clone();
+        let removed = tokio::task::spawn_blocking(move || {
+            if let Some(path) = cgroup {
+                crate::stats::cgroup::remove_empty_cgroup(&path);
+            }
+            std::fs::remove_dir_all(&bundle)
+        })
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        if let Err(e) = removed
             && e.kind() != std::io::ErrorKind::NotFound
         {
             tracing::warn!(container = %r.id, error = %e, "remove bundle");
