@@ -4,6 +4,7 @@ mod config;
 mod cri;
 mod ctl;
 mod metrics;
+mod orphans;
 mod server;
 mod streaming;
 
@@ -356,21 +357,7 @@ async fn recover(config: Arc<Config>, streaming_url: String) -> anyhow::Result<c
     )
     .await
     .context("recover containers")?;
-    // Root filesystems whose container record is gone were left by a create that a
-    // crash interrupted: release them.
     let images = Arc::new(images);
-    for owner in images.rootfs_owners() {
-        let live_pause =
-            cri::pause_rootfs_owner(&owner).is_some_and(|id| sandboxes.get(id).is_some());
-        if containers.get(&owner).is_none() && !live_pause {
-            tracing::info!(container = %owner, "removing the rootfs of a container that was never created");
-            images
-                .remove_rootfs(&owner)
-                .await
-                .context("release an orphaned rootfs")?;
-            let _ = std::fs::remove_dir_all(config.state.join("containers").join(&owner));
-        }
-    }
     let streaming = Arc::new(streaming::StreamingServer::new(
         streaming_url,
         std::time::Duration::from_secs(config.streaming.token_ttl_secs),
@@ -380,7 +367,7 @@ async fn recover(config: Arc<Config>, streaming_url: String) -> anyhow::Result<c
             sandboxes: Arc::clone(&sandboxes),
         },
     ));
-    Ok(cri::Services {
+    let services = cri::Services {
         config: Arc::clone(&config),
         images,
         sandboxes,
@@ -388,7 +375,9 @@ async fn recover(config: Arc<Config>, streaming_url: String) -> anyhow::Result<c
         streaming,
         stats: cri::stats::StatsState::new(),
         events: cri::events::Events::new(),
-    })
+    };
+    orphans::sweep(&services).await?;
+    Ok(services)
 }
 
 /// The gauges computed at each scrape: sandboxes and containers by state, live monitors.

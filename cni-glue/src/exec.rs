@@ -590,6 +590,24 @@ fn run_with_timeout(
         .stderr(Stdio::piped())
         // Its own process group, so a timeout kills whatever it started too.
         .process_group(0);
+    // A plugin must not outlive crustd: after a crash, recovery's DEL would race an
+    // ADD still running and lose to it (iptables rules, addresses nobody owns). The
+    // death signal follows the thread that forks, which waits for the plugin below.
+    // SAFETY: the closure runs in the child between fork and exec and calls only
+    // prctl and getppid, which are async-signal-safe.
+    let crustd = std::process::id() as i32;
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The parent may have died before the death signal was armed.
+            if libc::getppid() != crustd {
+                return Err(std::io::Error::other("crustd exited"));
+            }
+            Ok(())
+        });
+    }
     let mut child = spawn(&mut command).map_err(RunError::Spawn)?;
 
     // Written from a thread: a plugin may print before it reads, and one that never

@@ -308,7 +308,10 @@ impl ImageService {
         let db = Arc::clone(&self.db);
         if by_id || updated.repo_tags.is_empty() {
             let id = record.id.clone();
-            blocking("remove image", move || store::write(&db, &[], &[id.as_str()])).await?;
+            blocking("remove image", move || {
+                store::write(&db, &[], &[id.as_str()])
+            })
+            .await?;
             self.write().remove(&record.id);
         } else {
             let put = updated.clone();
@@ -515,9 +518,8 @@ fn mount_pin(pin: &rootfs::Pin, lower: &[PathBuf]) -> Result<PathBuf> {
             .map_err(|e| ImageError::io(format!("chmod {}", upper.display()), e))?;
     }
     let options = rootfs::overlay_options(lower, &upper, &work)?;
-    rootfs::mount_overlay(&options, &pin.mountpoint).map_err(|e| {
-        ImageError::io(format!("mount rootfs at {}", pin.mountpoint.display()), e)
-    })?;
+    rootfs::mount_overlay(&options, &pin.mountpoint)
+        .map_err(|e| ImageError::io(format!("mount rootfs at {}", pin.mountpoint.display()), e))?;
     Ok(pin.mountpoint.clone())
 }
 
