@@ -272,17 +272,25 @@ async fn serve(config: Arc<Config>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The metadata store's page cache.
+const DB_CACHE_BYTES: usize = 4 << 20;
+
 /// Opens the store and reconciles it with the disk and what runs: what start-up must
 /// finish before any RPC is answered.
 async fn recover(config: Arc<Config>, streaming_url: String) -> anyhow::Result<cri::Services> {
     let db_path = config.root.join("crust.redb");
     let db = tokio::task::spawn_blocking(move || {
-        let db = redb::Database::create(&db_path).with_context(|| {
-            format!(
-                "open metadata store {} (is another crustd using this root?)",
-                db_path.display()
-            )
-        })?;
+        // Lists and statuses are served from memory; redb's page cache (1 GiB by
+        // default) only speeds up writes, and would grow with every record written.
+        let db = redb::Database::builder()
+            .set_cache_size(DB_CACHE_BYTES)
+            .create(&db_path)
+            .with_context(|| {
+                format!(
+                    "open metadata store {} (is another crustd using this root?)",
+                    db_path.display()
+                )
+            })?;
         // Container environments (secrets) are in there; an older crustd may have
         // created it 0644.
         use std::os::unix::fs::PermissionsExt;

@@ -145,6 +145,31 @@ impl ResultCache {
         Ok(())
     }
 
+    /// Removes the temporary files of writes that a crash cut short: those of a
+    /// process that no longer runs, or of this one (called before any write). The
+    /// number removed.
+    pub fn remove_stale_temporaries(&self) -> usize {
+        let Ok(entries) = fs::read_dir(self.results_dir()) else {
+            return 0;
+        };
+        let me = std::process::id().to_string();
+        let mut removed = 0;
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(name) = name.to_str().filter(|n| n.starts_with(".tmp-")) else {
+                continue;
+            };
+            let writer = name.rsplit('-').next().unwrap_or_default();
+            let stale = writer == me
+                || writer.parse::<u32>().is_err()
+                || !Path::new("/proc").join(writer).exists();
+            if stale && fs::remove_file(entry.path()).is_ok() {
+                removed += 1;
+            }
+        }
+        removed
+    }
+
     /// Reads the entry of one attachment; `None` when there is none.
     ///
     /// A pre-`cniCacheV1` file (the bare result, as old libcni wrote it) is returned as
@@ -307,6 +332,24 @@ mod tests {
             cache.read("net", "bad", "eth0"),
             Err(CniError::CacheCorrupt { .. })
         ));
+    }
+
+    #[test]
+    fn temporaries_of_dead_writers_are_removed_and_entries_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = ResultCache::new(dir.path());
+        cache.write(&entry("kept")).unwrap();
+        let results = cache.results_dir();
+        // pid 1 lives; an absurd pid does not; ours is never mid-write here.
+        let live = results.join(".tmp-net-a-eth0-1");
+        let dead = results.join(".tmp-net-b-eth0-4000000000");
+        let mine = results.join(format!(".tmp-net-c-eth0-{}", std::process::id()));
+        for f in [&live, &dead, &mine] {
+            fs::write(f, "{").unwrap();
+        }
+        assert_eq!(cache.remove_stale_temporaries(), 2);
+        assert!(live.exists() && !dead.exists() && !mine.exists());
+        assert_eq!(cache.list(None).unwrap().len(), 1);
     }
 
     #[test]

@@ -229,6 +229,12 @@ impl Cni {
         }
     }
 
+    /// Removes what interrupted cache writes left (see
+    /// [`ResultCache::remove_stale_temporaries`]). Blocking.
+    pub fn remove_stale_temporaries(&self) -> usize {
+        self.cache.remove_stale_temporaries()
+    }
+
     /// The plugin runner, for VERSION queries and direct use.
     pub fn exec(&self) -> &PluginExec {
         &self.exec

@@ -197,6 +197,12 @@ impl SandboxService {
     }
 
     async fn recover(self: &Arc<Self>) -> Result<()> {
+        let cni = Arc::clone(&self.cni);
+        if let Ok(n) = tokio::task::spawn_blocking(move || cni.remove_stale_temporaries()).await
+            && n > 0
+        {
+            tracing::info!(count = n, "removed interrupted CNI cache writes");
+        }
         for mut record in record::load_all(&self.db)? {
             let meta = record.metadata();
             if record.ready_at.is_none() {
