@@ -10,7 +10,7 @@ mod exec;
 mod interactive;
 pub mod record;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -188,6 +188,32 @@ pub struct CreateRequest {
 struct Index {
     by_id: HashMap<String, Arc<ContainerRecord>>,
     names: HashMap<String, String>,
+    /// Container ids by sandbox id: a pod's containers without a scan of all.
+    by_sandbox: HashMap<String, HashSet<String>>,
+}
+
+impl Index {
+    /// Adds or replaces a record.
+    fn insert(&mut self, record: Arc<ContainerRecord>) {
+        self.by_sandbox
+            .entry(record.sandbox_id.clone())
+            .or_default()
+            .insert(record.id.clone());
+        self.by_id.insert(record.id.clone(), record);
+    }
+
+    /// Drops a record.
+    fn remove(&mut self, id: &str) {
+        let Some(record) = self.by_id.remove(id) else {
+            return;
+        };
+        if let Some(ids) = self.by_sandbox.get_mut(&record.sandbox_id) {
+            ids.remove(id);
+            if ids.is_empty() {
+                self.by_sandbox.remove(&record.sandbox_id);
+            }
+        }
+    }
 }
 
 /// Containers on this node.
@@ -272,9 +298,7 @@ impl ContainerService {
 
     fn publish(&self, record: ContainerRecord) -> Arc<ContainerRecord> {
         let record = Arc::new(record);
-        self.write()
-            .by_id
-            .insert(record.id.clone(), Arc::clone(&record));
+        self.write().insert(Arc::clone(&record));
         record
     }
 
@@ -299,7 +323,7 @@ impl ContainerService {
             let key = record::name_key(&r.sandbox_id, &r.metadata());
             let mut index = self.write();
             index.names.insert(key, r.id.clone());
-            index.by_id.insert(r.id.clone(), Arc::new(r));
+            index.insert(Arc::new(r));
         }
         Ok(())
     }
@@ -421,11 +445,13 @@ impl ContainerService {
 
     /// Containers of one sandbox.
     pub fn of_sandbox(&self, sandbox_id: &str) -> Vec<Arc<ContainerRecord>> {
-        self.read()
-            .by_id
-            .values()
-            .filter(|r| r.sandbox_id == sandbox_id)
-            .cloned()
+        let index = self.read();
+        index
+            .by_sandbox
+            .get(sandbox_id)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| index.by_id.get(id).cloned())
             .collect()
     }
 
@@ -783,7 +809,7 @@ impl ContainerService {
         record::delete(&self.db, &current.id).await?;
         let key = record::name_key(&current.sandbox_id, &current.metadata());
         let mut index = self.write();
-        index.by_id.remove(&current.id);
+        index.remove(&current.id);
         if index.names.get(&key) == Some(&current.id) {
             index.names.remove(&key);
         }
