@@ -12,6 +12,7 @@ packages=(
   docker-registry                                # the registry the tests push to
   busybox-static                                 # what the test images are built from
   attr util-linux procps hostname openssl                # getfattr, nsenter, ps, hostname for assertions
+  strace                                         # the durability test watches sync order
 )
 missing=()
 for p in "${packages[@]}"; do
