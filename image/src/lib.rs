@@ -33,12 +33,7 @@ use store::ImageIndex;
 pub use store::{ImageRecord, LayerRef};
 
 /// Nanoseconds since the epoch, now.
-pub(crate) fn now_nanos() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
-}
+pub(crate) use crust_util::time::now_nanos;
 
 /// Whether `path` is a mountpoint (from /proc/self/mountinfo).
 fn is_mountpoint(path: &std::path::Path) -> bool {

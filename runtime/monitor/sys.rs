@@ -3,7 +3,6 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use nix::errno::Errno;
 use nix::sys::signal::{Signal, kill};
@@ -104,11 +103,7 @@ pub fn pidfd_open(pid: Pid) -> Option<OwnedFd> {
 }
 
 /// Nanoseconds since the Unix epoch.
-pub fn now_ns() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
-}
+pub use crust_util::time::now_nanos as now_ns;
 
 /// The exit code a shell reports: the code, or 128 + the signal's number.
 pub fn exit_code(status: WaitStatus) -> Option<i32> {
