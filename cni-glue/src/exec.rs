@@ -664,14 +664,10 @@ fn run_with_timeout(
 /// what every pod start waits on, so it must be seen at once, not at the next poll.
 /// False when no pidfd could be had.
 fn wait_for_exit(child: &std::process::Child, limit: Duration) -> bool {
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, child.id() as libc::pid_t, 0) };
-    if fd < 0 {
+    use std::os::fd::AsRawFd;
+    let Ok(fd) = crust_util::process::pidfd_open(child.id() as libc::pid_t) else {
         return false;
-    }
-    // SAFETY: a fresh descriptor that nothing else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    };
     let mut pfd = libc::pollfd {
         fd: fd.as_raw_fd(),
         events: libc::POLLIN,

@@ -95,11 +95,7 @@ pub fn set_nonblocking(fd: &impl std::os::fd::AsFd) -> io::Result<()> {
 
 /// A pidfd for `pid`, or `None` where the kernel has none (before Linux 5.3).
 pub fn pidfd_open(pid: Pid) -> Option<OwnedFd> {
-    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
-    let fd = RawFd::try_from(fd).ok().filter(|&fd| fd >= 0)?;
-    // SAFETY: the kernel just returned this descriptor to us alone.
-    Some(unsafe { OwnedFd::from_raw_fd(fd) })
+    crust_util::process::pidfd_open(pid.as_raw()).ok()
 }
 
 /// Nanoseconds since the Unix epoch.
