@@ -696,16 +696,7 @@ fn spawn_reader<R: Read + Send + 'static>(
 /// Spawns, retrying briefly on ETXTBSY: a plugin binary or script just written by
 /// another thread can still be open for writing in a child forked meanwhile.
 fn spawn(command: &mut std::process::Command) -> std::io::Result<Child> {
-    let mut attempts = 0;
-    loop {
-        match command.spawn() {
-            Err(err) if err.raw_os_error() == Some(libc::ETXTBSY) && attempts < 20 => {
-                attempts += 1;
-                std::thread::sleep(Duration::from_millis(5 * attempts));
-            }
-            other => return other,
-        }
-    }
+    crust_util::process::spawn_retrying_etxtbsy(|| command.spawn())
 }
 
 fn kill(child: &mut Child) {
