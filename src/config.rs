@@ -247,8 +247,9 @@ path = "runc"
 # The per-container monitor; unset means the crust-monitor installed beside crustd.
 # monitor_path = "/usr/local/bin/crust-monitor"
 
-# Prometheus metrics (per-RPC latency and counts, image pulls, sandboxes and containers
-# by state, live monitors) at http://ADDRESS/metrics. Off unless set; prefer loopback.
+# Prometheus/OpenMetrics metrics (per-RPC latency and counts, image pulls, pod and
+# container start latency, OOM kills, sandboxes and containers by state, live monitors)
+# at http://ADDRESS/metrics. Off unless set; prefer loopback.
 # metrics_address = "127.0.0.1:9539"
 
 # Pods run crust's built-in static pause program, which needs no image. To run a pause

@@ -255,8 +255,12 @@ async fn serve(config: Arc<Config>) -> anyhow::Result<()> {
         r = recovery => {
             let services = Arc::new(r.context("recovery task")??);
             let weak = Arc::downgrade(&services);
+            let exits = Arc::clone(&metrics);
             services.containers.set_exit_hook(Box::new(move |id| {
                 if let Some(s) = weak.upgrade() {
+                    if s.containers.get(id).is_some_and(|c| c.reason == "OOMKilled") {
+                        exits.observe_oom();
+                    }
                     s.events.emit(&s, id, crust_proto::cri::ContainerEventType::ContainerStoppedEvent);
                 }
             }));

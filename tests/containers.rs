@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use crust_proto::cri;
 use serde_json::json;
+use support::metrics;
 use support::oci::{self, ImageSpec};
 use support::pod::TestPod;
 use tonic::Code;
@@ -452,9 +453,8 @@ async fn containers_of_a_pod_share_network_and_ipc_and_exec_sync_works() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn an_oom_kill_is_reported() {
-    let mut p = pod().await;
+/// A container that outgrows its 16 MiB memory limit.
+fn oom_config(p: &Pod) -> cri::ContainerConfig {
     let mut c = p.config(
         "oom",
         &sh("x=$(head -c 200000000 /dev/zero | tr '\\0' a); echo survived"),
@@ -466,10 +466,118 @@ async fn an_oom_kill_is_reported() {
         }),
         ..Default::default()
     });
-    let id = p.run(c).await;
+    c
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_oom_kill_is_reported() {
+    let mut p = pod().await;
+    let id = p.run(oom_config(&p)).await;
     let st = p.wait_exit(&id).await;
     assert_eq!(st.reason, "OOMKilled", "{st:?}");
     assert_eq!(st.exit_code, 137);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_count_starts_oom_kills_and_monitors() {
+    let port = metrics::free_port();
+    let mut p = TestPod::set_up_configured(
+        oci::busybox_image(),
+        &metrics::config(port),
+        "",
+        &[r#"{"type":"loopback"}"#],
+    )
+    .await;
+    p.run(p.config("sleeper", &sh("sleep 300"))).await;
+    let oom = p.run(oom_config(&p)).await;
+    assert_eq!(p.wait_exit(&oom).await.reason, "OOMKilled");
+
+    // The exit hook counts the kill just after the exit is published: allow it a moment.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let (content_type, body) = loop {
+        let (content_type, body) = metrics::scrape(port, "*/*");
+        let counted = metrics::samples(&body).get("crust_containers_oom_total") == Some(&1.0);
+        if counted || Instant::now() > deadline {
+            break (content_type, body);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(content_type, "text/plain; version=0.0.4; charset=utf-8");
+    let s = metrics::samples(&body);
+    assert_eq!(s["crust_containers_oom_total"], 1.0, "{body}");
+    // One pod and two containers started; the durations are those of real starts.
+    assert_eq!(s["crust_sandbox_start_duration_seconds_count"], 1.0);
+    assert!(s["crust_sandbox_start_duration_seconds_sum"] > 0.0);
+    assert_eq!(
+        s[r#"crust_sandbox_start_duration_seconds_bucket{le="+Inf"}"#],
+        1.0
+    );
+    assert_eq!(s["crust_container_start_duration_seconds_count"], 2.0);
+    assert!(s["crust_container_start_duration_seconds_sum"] > 0.0);
+    // The sleeper's monitor lives on; the OOM-killed container's has gone.
+    assert_eq!(s["crust_monitors"], 1.0);
+    assert_eq!(s[r#"crust_containers{state="running"}"#], 1.0);
+    assert_eq!(s[r#"crust_containers{state="exited"}"#], 1.0);
+    assert_eq!(s[r#"crust_sandboxes{state="ready"}"#], 1.0);
+    // The old series, under their old names and labels.
+    assert_eq!(
+        s[r#"crust_rpc_requests_total{method="RunPodSandbox",code="Ok"}"#],
+        1.0
+    );
+    assert_eq!(
+        s[r#"crust_rpc_requests_total{method="StartContainer",code="Ok"}"#],
+        2.0
+    );
+    assert_eq!(
+        s[r#"crust_rpc_duration_seconds_count{method="StartContainer",code="Ok"}"#],
+        2.0
+    );
+    assert!(s.contains_key(
+        r#"crust_rpc_duration_seconds_bucket{method="PullImage",code="Ok",le="60"}"#
+    ));
+    assert_eq!(
+        s[r#"crust_image_pull_duration_seconds_count{result="success"}"#],
+        1.0
+    );
+    assert!(s[r#"crust_image_pull_bytes_total{result="success"}"#] > 100_000.0);
+    let mut families = metrics::families(&body);
+    families.sort();
+    for name in [
+        "crust_rpc_duration_seconds",
+        "crust_rpc_requests_total",
+        "crust_image_pull_bytes_total",
+        "crust_image_pull_duration_seconds",
+        "crust_sandboxes",
+        "crust_containers",
+        "crust_monitors",
+        "crust_sandbox_start_duration_seconds",
+        "crust_container_start_duration_seconds",
+        "crust_containers_oom_total",
+    ] {
+        assert!(
+            families.binary_search(&name.to_string()).is_ok(),
+            "{name}: {families:?}"
+        );
+    }
+
+    // What Prometheus asks for by default: OpenMetrics, with the same sample names.
+    let (content_type, body) = metrics::scrape(
+        port,
+        "application/openmetrics-text;version=1.0.0;q=0.5,text/plain;version=0.0.4;q=0.3,*/*;q=0.2",
+    );
+    assert_eq!(
+        content_type,
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    );
+    assert!(body.ends_with("# EOF\n"), "{body}");
+    assert!(body.contains("# TYPE crust_containers_oom counter\n"));
+    let om = metrics::samples(&body);
+    assert_eq!(om["crust_containers_oom_total"], 1.0);
+    assert_eq!(om["crust_monitors"], 1.0);
+    assert_eq!(
+        om[r#"crust_rpc_requests_total{method="RunPodSandbox",code="Ok"}"#],
+        1.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

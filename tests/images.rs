@@ -2,7 +2,7 @@
 
 mod support;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::fs;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
@@ -11,6 +11,7 @@ use std::time::Duration;
 use crust_proto::cri;
 use serde_json::json;
 use support::crustd::{CriClient, Crustd};
+use support::metrics;
 use support::oci::{self, ImageSpec, Layer, LayerBuilder, MediaKind};
 use support::registry::Registry;
 use tonic::Code;
@@ -779,13 +780,9 @@ async fn hosts_toml_mirrors_and_configured_credentials() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_metrics_endpoint_is_scraped_and_parsed() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = metrics::free_port();
     let mut d = Crustd::start().await;
-    d.set_top_config(&format!("metrics_address = \"127.0.0.1:{port}\"\n"));
+    d.set_top_config(&metrics::config(port));
     d.restart().await;
     let reg = Registry::start();
     oci::push_image(&reg.host(), "m/box", "1", &oci::busybox_image()).await;
@@ -799,26 +796,9 @@ async fn the_metrics_endpoint_is_scraped_and_parsed() {
         .unwrap();
     let _ = pull(&mut c, "127.0.0.1:1/absent:1").await;
 
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-        .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap();
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    let mut samples = HashMap::new();
-    for line in body
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-    {
-        let (name, value) = line.rsplit_once(' ').unwrap();
-        let value: f64 = value
-            .parse()
-            .unwrap_or_else(|_| panic!("bad sample {line:?}"));
-        samples.insert(name.to_string(), value);
-    }
+    let (content_type, body) = metrics::scrape(port, "*/*");
+    assert_eq!(content_type, "text/plain; version=0.0.4; charset=utf-8");
+    let samples = metrics::samples(&body);
     assert!(
         samples[r#"crust_rpc_requests_total{method="Version",code="Ok"}"#] >= 1.0,
         "{body}"

@@ -682,14 +682,10 @@ fn run_with_timeout(
 /// what every pod start waits on, so it must be seen at once, not at the next poll.
 /// False when no pidfd could be had.
 fn wait_for_exit(child: &std::process::Child, limit: Duration) -> bool {
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, child.id() as libc::pid_t, 0) };
-    if fd < 0 {
+    use std::os::fd::AsRawFd;
+    let Ok(fd) = crust_util::process::pidfd_open(child.id() as libc::pid_t) else {
         return false;
-    }
-    // SAFETY: a fresh descriptor that nothing else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    };
     let mut pfd = libc::pollfd {
         fd: fd.as_raw_fd(),
         events: libc::POLLIN,
@@ -718,16 +714,7 @@ fn spawn_reader<R: Read + Send + 'static>(
 /// Spawns, retrying briefly on ETXTBSY: a plugin binary or script just written by
 /// another thread can still be open for writing in a child forked meanwhile.
 fn spawn(command: &mut std::process::Command) -> std::io::Result<Child> {
-    let mut attempts = 0;
-    loop {
-        match command.spawn() {
-            Err(err) if err.raw_os_error() == Some(libc::ETXTBSY) && attempts < 20 => {
-                attempts += 1;
-                std::thread::sleep(Duration::from_millis(5 * attempts));
-            }
-            other => return other,
-        }
-    }
+    crust_util::process::spawn_retrying_etxtbsy(|| command.spawn())
 }
 
 fn kill(child: &mut Child) {

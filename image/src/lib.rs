@@ -33,25 +33,10 @@ use store::ImageIndex;
 pub use store::{ImageRecord, LayerRef};
 
 /// Nanoseconds since the epoch, now.
-pub(crate) fn now_nanos() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
-}
+pub(crate) use crust_util::time::now_nanos;
 
 /// Whether `path` is a mountpoint (from /proc/self/mountinfo).
-fn is_mountpoint(path: &std::path::Path) -> bool {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
-    };
-    let wanted = path.to_string_lossy();
-    info.lines().any(|l| {
-        l.split(' ')
-            .nth(4)
-            .is_some_and(|mp| mp.replace("\\040", " ") == wanted)
-    })
-}
+use crust_util::mountinfo::is_mount_point as is_mountpoint;
 
 /// What a finished pull reports.
 #[derive(Debug, Clone)]

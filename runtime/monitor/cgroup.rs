@@ -11,6 +11,8 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
+use crust_util::mountinfo::Mount;
+
 /// The counter file of one memory cgroup and its value when the watch began.
 #[derive(Debug)]
 pub struct OomWatch {
@@ -83,75 +85,27 @@ fn counter_file(cgroups: &str, mut mountinfo: impl BufRead) -> Option<PathBuf> {
         && let Some(mount) = mounts
             .iter()
             .find(|m| m.fstype == "cgroup" && m.super_options.split(',').any(|o| o == "memory"))
-        && let Some(dir) = mount.locate(path)
+        && let Some(dir) = locate(mount, path)
     {
         return Some(dir.join("memory.oom_control"));
     }
     let path = v2?;
     let mount = mounts.iter().find(|m| m.fstype == "cgroup2")?;
-    Some(mount.locate(path)?.join("memory.events"))
+    Some(locate(mount, path)?.join("memory.events"))
 }
 
-/// The parts of a mountinfo line that matter here.
-struct Mount {
-    /// The directory of the filesystem mounted (for cgroups: a cgroup path).
-    root: String,
-    mount_point: String,
-    fstype: String,
-    super_options: String,
-}
-
-impl Mount {
-    /// `36 35 98:0 /root /mnt rw,noatime master:1 - cgroup cgroup rw,memory`
-    fn parse(line: &str) -> Option<Mount> {
-        let (left, right) = line.split_once(" - ")?;
-        let mut left = left.split(' ');
-        let root = unescape(left.nth(3)?);
-        let mount_point = unescape(left.next()?);
-        let mut right = right.split(' ');
-        let fstype = right.next()?.to_owned();
-        let super_options = right.nth(1).unwrap_or_default().to_owned();
-        Some(Mount {
-            root,
-            mount_point,
-            fstype,
-            super_options,
-        })
-    }
-
-    /// Where cgroup `path` is under this mount, if the mount shows it.
-    fn locate(&self, path: &str) -> Option<PathBuf> {
-        let relative = if self.root == "/" {
-            path
-        } else {
-            let rest = path.strip_prefix(self.root.as_str())?;
-            if !rest.is_empty() && !rest.starts_with('/') {
-                return None;
-            }
-            rest
-        };
-        Some(Path::new(&self.mount_point).join(relative.trim_start_matches('/')))
-    }
-}
-
-/// Undoes mountinfo's octal escapes (`\040` for a space, `\011`, `\012`, `\134`).
-fn unescape(field: &str) -> String {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\\'
-            && let Some(octal) = bytes.get(i + 1..i + 4)
-            && let Ok(value) = u8::from_str_radix(std::str::from_utf8(octal).unwrap_or("x"), 8)
-        {
-            out.push(value);
-            i += 4;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
+/// Where cgroup `path` is under `mount`, if the mount shows it.
+fn locate(mount: &Mount, path: &str) -> Option<PathBuf> {
+    let relative = if mount.root == "/" {
+        path
+    } else {
+        let rest = path.strip_prefix(mount.root.as_str())?;
+        if !rest.is_empty() && !rest.starts_with('/') {
+            return None;
         }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+        rest
+    };
+    Some(Path::new(&mount.mount_point).join(relative.trim_start_matches('/')))
 }
 
 #[cfg(test)]

@@ -401,16 +401,7 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), CreateFailure> {
 
 /// Spawns, retrying briefly on ETXTBSY (a runtime binary just written).
 fn spawn(command: &mut Command) -> std::io::Result<std::process::Child> {
-    let mut attempts = 0;
-    loop {
-        match command.spawn() {
-            Err(err) if err.raw_os_error() == Some(libc::ETXTBSY) && attempts < 20 => {
-                attempts += 1;
-                std::thread::sleep(Duration::from_millis(5 * attempts));
-            }
-            other => return other,
-        }
-    }
+    crust_util::process::spawn_retrying_etxtbsy(|| command.spawn())
 }
 
 fn read_pid_file(path: &Path) -> Result<Pid, String> {

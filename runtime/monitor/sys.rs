@@ -3,7 +3,6 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use nix::errno::Errno;
 use nix::sys::signal::{Signal, kill};
@@ -96,19 +95,11 @@ pub fn set_nonblocking(fd: &impl std::os::fd::AsFd) -> io::Result<()> {
 
 /// A pidfd for `pid`, or `None` where the kernel has none (before Linux 5.3).
 pub fn pidfd_open(pid: Pid) -> Option<OwnedFd> {
-    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
-    let fd = RawFd::try_from(fd).ok().filter(|&fd| fd >= 0)?;
-    // SAFETY: the kernel just returned this descriptor to us alone.
-    Some(unsafe { OwnedFd::from_raw_fd(fd) })
+    crust_util::process::pidfd_open(pid.as_raw()).ok()
 }
 
 /// Nanoseconds since the Unix epoch.
-pub fn now_ns() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
-}
+pub use crust_util::time::now_nanos as now_ns;
 
 /// The exit code a shell reports: the code, or 128 + the signal's number.
 pub fn exit_code(status: WaitStatus) -> Option<i32> {

@@ -3,7 +3,6 @@
 //! processes that are not our children (runc's init is reparented away from crustd).
 
 use std::io;
-use std::os::fd::{FromRawFd, OwnedFd};
 
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
@@ -29,19 +28,11 @@ pub fn alive(pid: i32, start: u64) -> bool {
 
 /// Resolves when the process exits (or at once if it is gone).
 pub async fn wait_exit(pid: i32) -> io::Result<()> {
-    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1; no memory is
-    // shared with the kernel.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if fd < 0 {
-        let e = io::Error::last_os_error();
-        return if e.raw_os_error() == Some(libc::ESRCH) {
-            Ok(())
-        } else {
-            Err(e)
-        };
-    }
-    // SAFETY: fd is a freshly opened pidfd that nothing else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let fd = match crust_util::process::pidfd_open(pid) {
+        Ok(fd) => fd,
+        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Ok(()),
+        Err(e) => return Err(e),
+    };
     // SAFETY: the AsyncFd owns the pidfd for as long as it is registered; nothing else
     // holds or closes it.
     let async_fd = unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE)? };

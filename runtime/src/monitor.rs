@@ -27,7 +27,7 @@
 //! of [`crust_proto::monitor`] ([`read_frame`], [`write_frame`]).
 
 use std::ffi::OsString;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -402,11 +402,7 @@ impl Drop for Guard {
 }
 
 fn pidfd_open(pid: i32) -> Option<OwnedFd> {
-    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    let fd = RawFd::try_from(fd).ok().filter(|&fd| fd >= 0)?;
-    // SAFETY: the kernel just returned this descriptor to us alone.
-    Some(unsafe { OwnedFd::from_raw_fd(fd) })
+    crust_util::process::pidfd_open(pid).ok()
 }
 
 /// The exit status a monitor wrote, or `None` while there is none (the container

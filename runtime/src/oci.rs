@@ -552,16 +552,7 @@ fn command_line(command: &std::process::Command) -> Vec<String> {
 /// Spawns, retrying briefly on ETXTBSY: a runtime binary (or test script) just written
 /// can still be open for writing in a child another thread forked meanwhile.
 fn spawn(command: &mut tokio::process::Command) -> std::io::Result<tokio::process::Child> {
-    let mut attempts = 0;
-    loop {
-        match command.spawn() {
-            Err(err) if err.raw_os_error() == Some(libc::ETXTBSY) && attempts < 20 => {
-                attempts += 1;
-                std::thread::sleep(Duration::from_millis(5 * attempts));
-            }
-            other => return other,
-        }
-    }
+    crust_util::process::spawn_retrying_etxtbsy(|| command.spawn())
 }
 
 async fn read_all(pipe: Option<impl AsyncRead + Unpin>) -> Vec<u8> {

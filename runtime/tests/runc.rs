@@ -346,18 +346,11 @@ fn write_executable(path: &Path, bytes: &[u8]) {
 /// Spawns `path`, retrying on ETXTBSY: another test thread may have forked while the
 /// file was still open for writing.
 fn spawn_retrying(path: &Path) -> std::process::Child {
-    for _ in 0..50 {
-        match Command::new(path)
+    crust_util::process::spawn_retrying_etxtbsy(|| {
+        Command::new(path)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-        {
-            Ok(child) => return child,
-            Err(err) if err.raw_os_error() == Some(libc::ETXTBSY) => {
-                std::thread::sleep(Duration::from_millis(20))
-            }
-            Err(err) => panic!("spawn {}: {err}", path.display()),
-        }
-    }
-    panic!("spawn {}: text file busy", path.display());
+    })
+    .unwrap_or_else(|err| panic!("spawn {}: {err}", path.display()))
 }

@@ -31,12 +31,7 @@ pub use record::SandboxRecord;
 use record::name_key;
 
 /// Nanoseconds since the epoch, now.
-pub(crate) fn now_nanos() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
-}
+pub(crate) use crust_util::time::now_nanos;
 
 /// A pause process from a pause image instead of crust's built-in one.
 #[derive(Debug, Clone)]

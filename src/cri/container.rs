@@ -47,6 +47,7 @@ impl Cri {
             let containers = services.containers.clone();
             let sandboxes = services.sandboxes.clone();
             let started = id.clone();
+            let metrics = Arc::clone(&self.metrics);
             tokio::spawn(async move {
                 // Under the pod's lock, so that a stop or remove of the pod cannot
                 // interleave with the start.
@@ -54,7 +55,9 @@ impl Cri {
                     Some(c) => sandboxes.lock(&c.sandbox_id).await,
                     None => None,
                 };
-                let result = containers.start(&started).await;
+                let result = metrics
+                    .timed(crate::metrics::Start::Container, containers.start(&started))
+                    .await;
                 drop(pod);
                 result
             })

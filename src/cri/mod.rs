@@ -24,12 +24,7 @@ use tonic::{Request, Response, Status};
 use crate::config::Config;
 
 /// Nanoseconds since the epoch, now.
-pub fn now_nanos() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
-}
+pub use crust_util::time::now_nanos;
 
 /// Everything the handlers use, available once start-up recovery has finished.
 pub struct Services {

@@ -8,6 +8,7 @@ use tonic::{Request, Response, Status};
 use std::sync::Arc;
 
 use super::{Cri, Services, container, convert, error};
+use crate::metrics::Start;
 
 impl Cri {
     pub(super) async fn run_pod_sandbox(
@@ -22,7 +23,8 @@ impl Cri {
                 .ok_or_else(|| Status::invalid_argument("config: missing"))?;
             // Detached: kubelet giving up must not stop a creation halfway; the work
             // either finishes or undoes itself.
-            let id = tokio::spawn(run_pod(Arc::clone(&services), config, req.runtime_handler))
+            let run = run_pod(Arc::clone(&services), config, req.runtime_handler);
+            let id = tokio::spawn(Arc::clone(&self.metrics).timed(Start::Sandbox, run))
                 .await
                 .map_err(|e| Status::internal(format!("run task failed: {e}")))??;
             services.events.emit(

@@ -8,6 +8,7 @@
 //!   misbehaves on purpose (a mirror fishing for credentials, endless blobs).
 //! - [`oci`] builds images in memory (layers, configs, manifests, indexes) and pushes
 //!   them to such a registry.
+//! - [`metrics`] scrapes crustd's `/metrics` endpoint and parses what it serves.
 //! - [`stream_client`] speaks SPDY and WebSocket to crustd's streaming server, as
 //!   crictl, kubelet and kubectl do.
 #![allow(dead_code)]
@@ -15,6 +16,7 @@
 pub mod cni;
 pub mod crustd;
 pub mod fake_registry;
+pub mod metrics;
 pub mod oci;
 pub mod pod;
 pub mod registry;

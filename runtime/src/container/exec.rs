@@ -178,11 +178,7 @@ impl ExecCommand {
     /// `runc` (our unreaped child, whose pid cannot have been reused): then the pidfd
     /// names the exec'd command, not whatever took its pid after it ended.
     fn open(pid: i32, runc: u32) -> Option<ExecCommand> {
-        let pidfd = rustix::process::pidfd_open(
-            rustix::process::Pid::from_raw(pid)?,
-            rustix::process::PidfdFlags::empty(),
-        )
-        .ok()?;
+        let pidfd = crust_util::process::pidfd_open(pid).ok()?;
         (parent_of(pid)? == runc as i32).then_some(ExecCommand { pid, pidfd })
     }
 

@@ -7,7 +7,7 @@
 //! CRI-O's conmon do, and it lets crustd wait for the process itself, with a pidfd,
 //! instead of keeping a runtime process per exec.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -113,13 +113,7 @@ fn pipe(id: &str) -> Result<(OwnedFd, OwnedFd)> {
 }
 
 fn pidfd_open(pid: i32) -> std::io::Result<OwnedFd> {
-    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: a fresh descriptor nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+    crust_util::process::pidfd_open(pid)
 }
 
 /// Starts `cmd` in the container with its env, user and working dir, detached from

@@ -134,12 +134,7 @@ impl ContainerError {
 pub type Result<T, E = ContainerError> = std::result::Result<T, E>;
 
 /// Nanoseconds since the epoch, now.
-fn now_nanos() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
-}
+use crust_util::time::now_nanos;
 
 /// How the container service is set up.
 #[derive(Debug, Clone)]

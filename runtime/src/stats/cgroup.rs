@@ -210,27 +210,18 @@ impl CgroupLayout {
     /// Parses mountinfo text, keeping the `cgroup` and `cgroup2` mounts.
     pub fn parse_mountinfo(text: &str) -> Self {
         let mut layout = Self::default();
-        for line in text.lines() {
-            // `id parent maj:min root mount_point options [optional…] - fstype source super`
-            let Some((left, right)) = line.split_once(" - ") else {
-                continue;
-            };
-            let fields: Vec<&str> = left.split(' ').collect();
-            let right: Vec<&str> = right.split(' ').collect();
-            if fields.len() < 5 || right.is_empty() {
-                continue;
-            }
+        for m in crust_util::mountinfo::parse(text) {
             let mut mount = CgroupMount {
                 controllers: Vec::new(),
-                root: PathBuf::from(unescape(fields[3])),
-                mount_point: PathBuf::from(unescape(fields[4])),
+                root: PathBuf::from(m.root),
+                mount_point: PathBuf::from(m.mount_point),
             };
-            match right[0] {
+            match m.fstype.as_str() {
                 // Keep the first: later ones are bind mounts of the same hierarchy.
                 "cgroup2" if layout.v2.is_none() => layout.v2 = Some(mount),
                 "cgroup" => {
-                    let options = right.get(2).copied().unwrap_or("");
-                    mount.controllers = options
+                    mount.controllers = m
+                        .super_options
                         .split(',')
                         .filter(|o| V1_CONTROLLERS.contains(o) || o.starts_with("name="))
                         .map(str::to_owned)
@@ -310,30 +301,6 @@ fn join_in_mount(mount: &CgroupMount, path: &str) -> PathBuf {
         .or_else(|_| path.strip_prefix("/"))
         .unwrap_or(path);
     mount.mount_point.join(relative)
-}
-
-/// Undoes mountinfo's octal escapes (`\040` for a space, and so on).
-fn unescape(field: &str) -> String {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let octal = bytes
-            .get(i + 1..i + 4)
-            .filter(|d| d.iter().all(|b| (b'0'..=b'7').contains(b)));
-        if let (b'\\', Some(digits)) = (bytes[i], octal) {
-            let value = digits
-                .iter()
-                .fold(0u32, |acc, b| acc * 8 + u32::from(b - b'0'));
-            // Three octal digits fit 0..=511; the kernel only escapes bytes.
-            out.push(value as u8);
-            i += 4;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Reads a file, mapping "does not exist" to `None`.
