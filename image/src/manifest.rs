@@ -31,7 +31,7 @@ pub(crate) struct Fetched {
     pub(crate) digest_header: Option<String>,
 }
 
-/// Why a fetch stopped past the cap, for the caller's error.
+/// Why a manifest fetch failed: past the cap (the caller names the cap), or otherwise.
 pub(crate) enum Failure {
     /// The body is larger than the cap (by its Content-Length or as it streamed).
     TooLarge,

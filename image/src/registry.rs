@@ -721,6 +721,58 @@ mod tests {
     }
 
     #[test]
+    fn server_addresses_name_registries_as_kubelet_writes_them() {
+        for (address, registry) in [
+            ("reg.example", "reg.example"),
+            ("reg.example:5000", "reg.example:5000"),
+            ("https://reg.example:5000", "reg.example:5000"),
+            ("https://reg.example/v2/", "reg.example"),
+            ("http://REG.example/", "reg.example"),
+            ("https://index.docker.io/v1/", "docker.io"),
+            ("registry-1.docker.io", "docker.io"),
+            ("docker.io", "docker.io"),
+        ] {
+            assert!(names_registry(address, registry), "{address} / {registry}");
+        }
+        for (address, registry) in [
+            ("other.example", "reg.example"),
+            ("reg.example:5000", "reg.example"),
+            ("reg.example", "reg.example:5000"),
+            ("https://reg.example.evil/", "reg.example"),
+            ("https://evil/reg.example", "reg.example"),
+            ("", "reg.example"),
+            ("https://", "reg.example"),
+            ("ghcr.io", "docker.io"),
+        ] {
+            assert!(!names_registry(address, registry), "{address} / {registry}");
+        }
+    }
+
+    #[test]
+    fn request_credentials_for_another_server_make_the_pull_anonymous() {
+        let (r, _dir) = registries(&[], &[("reg.example", basic("c", "c"))]);
+        let image = ImageRef::parse("reg.example/app:1").unwrap();
+        let scoped = |server: &str| Credentials {
+            server_address: server.into(),
+            ..basic("u", "p")
+        };
+        let auth = |c: &Credentials| format!("{:?}", r.routes(&image, Some(c)).unwrap()[0].auth);
+        assert_eq!(auth(&scoped("other.example")), "Anonymous");
+        assert_eq!(
+            auth(&scoped("https://reg.example/v2/")),
+            "Basic(\"u\", \"<redacted>\")"
+        );
+        assert_eq!(auth(&scoped("")), "Basic(\"u\", \"<redacted>\")");
+        // A server_address with no secret is no request credentials: configured ones.
+        let bare = Credentials {
+            server_address: "other.example".into(),
+            ..Default::default()
+        };
+        assert!(bare.is_empty());
+        assert_eq!(auth(&bare), "Basic(\"c\", \"<redacted>\")");
+    }
+
+    #[test]
     fn credentials_map_to_client_auth() {
         let c = Credentials {
             auth: base64::engine::general_purpose::STANDARD.encode("u:p:x"),
@@ -744,6 +796,17 @@ mod tests {
             ..Default::default()
         };
         assert!(matches!(c.to_auth("r").unwrap(), RegistryAuth::Bearer(t) if t == "t"));
+        let c = Credentials {
+            identity_token: "i".into(),
+            username: "a".into(),
+            ..Default::default()
+        };
+        assert!(matches!(c.to_auth("r").unwrap(), RegistryAuth::Basic(u, _) if u == "a"));
+        let c = Credentials {
+            auth: base64::engine::general_purpose::STANDARD.encode("u:p\0\0"),
+            ..Default::default()
+        };
+        assert!(matches!(c.to_auth("r").unwrap(), RegistryAuth::Basic(_, p) if p == "p"));
         let c = Credentials {
             identity_token: "i".into(),
             ..Default::default()
