@@ -214,6 +214,107 @@ async fn a_manifest_over_4_mib_is_refused() {
     assert_eq!(tree(&d.root()), before);
 }
 
+/// A field of `/proc/PID/status` in KiB (`VmRSS`, `VmHWM`).
+fn vm_kib(pid: u32, field: &str) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+/// A tag whose manifest never ends (chunked), or claims 64 MiB and sends it: the pull
+/// must stop at the 4 MiB cap without crustd holding the body. The peak resident set
+/// (VmHWM) is what a whole-body read would raise, even if freed afterwards.
+async fn an_endless_manifest_is_cut_at_the_cap(content_length: Option<u64>) {
+    let image = oci::build_image(&oci::busybox_image());
+    let config_digest = image.config.digest.clone();
+    let fake = FakeRegistry::start(move |r| {
+        if r.path == "/v2/" {
+            Reply::ok("application/json", b"{}".to_vec())
+        } else if r.path.ends_with("/manifests/1") {
+            Reply::Endless {
+                content_length,
+                chunk: vec![b' '; 64 << 10],
+                pause: Duration::ZERO,
+            }
+        } else if r.path.contains(&image.config.digest) {
+            Reply::ok("application/octet-stream", image.config.data.clone())
+        } else {
+            Reply::not_found()
+        }
+    });
+    let d = Crustd::start().await;
+    let mut c = d.client().await;
+    let before = tree(&d.root());
+    // Warm the daemon up (its first pull compiles the reference grammar and builds
+    // the registry clients) so that only the manifest is measured.
+    let missing = pull(&mut c, &format!("{}/app:missing", fake.host())).await;
+    assert_eq!(missing.unwrap_err().code(), Code::NotFound);
+    // "5" resets the peak resident set to the current one, so VmHWM measures this pull.
+    fs::write(format!("/proc/{}/clear_refs", d.pid()), "5").unwrap();
+    let rss_before = vm_kib(d.pid(), "VmRSS");
+    let started = Instant::now();
+    let err = pull_within(&mut c, &format!("{}/app:1", fake.host()), 20).await;
+    let took = started.elapsed();
+    assert_exhausted(&err, "4 MiB");
+    assert!(err.message().contains("manifest"), "{err:?}");
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    let peak = vm_kib(d.pid(), "VmHWM");
+    eprintln!("refused in {took:?}; VmRSS before {rss_before} KiB, VmHWM after {peak} KiB");
+    // The cap is 4 MiB; 64 MiB (or an endless body) read whole would show here.
+    assert!(
+        peak.saturating_sub(rss_before) < 16 << 10,
+        "crustd's peak resident set grew from {rss_before} KiB to {peak} KiB"
+    );
+    assert!(
+        !fake.seen().iter().any(|r| r.path.contains(&config_digest)),
+        "the pull went on past the manifest"
+    );
+    assert_eq!(images(&mut c).await, 0);
+    assert_eq!(tree(&d.root()), before);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_endless_chunked_manifest_is_cut_at_the_cap() {
+    an_endless_manifest_is_cut_at_the_cap(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_64_mib_manifest_is_refused_by_its_content_length() {
+    an_endless_manifest_is_cut_at_the_cap(Some(64 << 20)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_manifest_pulled_by_digest_must_have_that_digest() {
+    // Whatever digest is asked for, the fake serves the same (real) manifest.
+    let image = oci::build_image(&oci::busybox_image());
+    let (body, media) = (
+        image.manifest.data.clone(),
+        image.manifest.media_type.clone(),
+    );
+    let fake = FakeRegistry::start(move |r| {
+        if r.path.contains("/manifests/") {
+            Reply::ok(&media, body.clone())
+        } else {
+            Reply::ok("application/json", b"{}".to_vec())
+        }
+    });
+    let d = Crustd::start().await;
+    let mut c = d.client().await;
+    let wrong = format!("sha256:{}", "0".repeat(64));
+    let err = pull(&mut c, &format!("{}/app@{wrong}", fake.host()))
+        .await
+        .unwrap_err();
+    assert!(err.message().contains("digest mismatch"), "{err:?}");
+    assert!(
+        err.message().contains(&format!("manifest {wrong}")),
+        "{err:?}"
+    );
+    assert_eq!(images(&mut c).await, 0);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_index_entry_over_4_mib_is_refused_before_it_is_fetched() {
     let image = oci::build_image(&oci::busybox_image());

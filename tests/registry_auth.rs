@@ -5,6 +5,7 @@
 mod support;
 
 use std::fs;
+use std::sync::{Arc, OnceLock};
 
 use crust_proto::cri;
 use support::crustd::{CriClient, Crustd};
@@ -33,6 +34,35 @@ async fn pull_as(
         })
         .await
         .map(|r| r.into_inner().image_ref)
+}
+
+/// A pull with the whole AuthConfig given, as kubelet sends it.
+async fn pull_with(
+    c: &mut CriClient,
+    image: &str,
+    auth: cri::AuthConfig,
+) -> Result<String, tonic::Status> {
+    c.image
+        .pull_image(cri::PullImageRequest {
+            image: Some(cri::ImageSpec {
+                image: image.to_string(),
+                ..Default::default()
+            }),
+            auth: Some(auth),
+            ..Default::default()
+        })
+        .await
+        .map(|r| r.into_inner().image_ref)
+}
+
+/// `u`/`p` for the registry `server_address`.
+fn secret_for(server_address: &str) -> cri::AuthConfig {
+    cri::AuthConfig {
+        username: "u".into(),
+        password: "p".into(),
+        server_address: server_address.into(),
+        ..Default::default()
+    }
 }
 
 async fn remove(c: &mut CriClient, image: &str) {
@@ -211,4 +241,150 @@ async fn credentials_are_not_sent_over_plain_http_by_default() {
             "credentials sent over default plain HTTP: {r:?}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn credentials_for_another_server_address_are_not_used() {
+    let (reg, pushed) = private_registry("p").await;
+    // A registry that asks every visitor for credentials and records what it gets,
+    // configured so that credentials may cross its plain HTTP.
+    let fake = FakeRegistry::start(|_| Reply::basic_challenge());
+    let d = daemon_for(&reg, "").await;
+    hosts_toml(
+        &d,
+        &fake.host(),
+        &format!("server = \"http://{}\"\n", fake.host()),
+    );
+    let mut c = d.client().await;
+    let name = format!("{}/private/app:1", reg.host());
+    // kubelet's keyring matched a secret of another registry: it must not be used.
+    assert_refused(
+        pull_with(&mut c, &name, secret_for("other.example:5000")).await,
+        "a secret for another server",
+    );
+    let err = pull_with(
+        &mut c,
+        &format!("{}/private/app:1", fake.host()),
+        secret_for(&reg.host()),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(err.code(), Code::PermissionDenied | Code::Unauthenticated),
+        "{err:?}"
+    );
+    let seen = fake.seen();
+    assert!(!seen.is_empty(), "the fake was never asked");
+    for r in &seen {
+        assert!(
+            !r.has_authorization(),
+            "a secret for {} was sent to {}: {r:?}",
+            reg.host(),
+            fake.host()
+        );
+    }
+    // The server_address forms kubelet writes, with scheme and path, still match.
+    for address in [reg.host(), format!("http://{}/v2/", reg.host())] {
+        assert_eq!(
+            pull_with(&mut c, &name, secret_for(&address))
+                .await
+                .unwrap(),
+            pushed.config_digest,
+            "server_address {address}"
+        );
+        remove(&mut c, &name).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bearer_token_registry_authorises_manifests_and_blobs() {
+    // The token dance as Docker Hub does it: /v2/ answers with a bearer challenge, the
+    // realm hands out a token for basic credentials, content wants the token.
+    let image = oci::build_image(&oci::busybox_image());
+    let host: Arc<OnceLock<String>> = Arc::new(OnceLock::new());
+    let fake = {
+        let host = Arc::clone(&host);
+        let image = image.clone();
+        FakeRegistry::start(move |r| {
+            let bearer = r
+                .headers
+                .lines()
+                .any(|l| l.eq_ignore_ascii_case("authorization: bearer tok-1"));
+            let challenge = || Reply::Full {
+                status: 401,
+                headers: vec![(
+                    "WWW-Authenticate".into(),
+                    format!(
+                        "Bearer realm=\"http://{}/token\",service=\"fake\"",
+                        host.get().unwrap()
+                    ),
+                )],
+                body: br#"{"errors":[{"code":"UNAUTHORIZED","message":"token"}]}"#.to_vec(),
+            };
+            let blob = |b: &oci::Blob| r.path.ends_with(&format!("/blobs/{}", b.digest));
+            if r.path.starts_with("/token") {
+                // base64("u:p")
+                if r.headers.contains("Basic dTpw") {
+                    Reply::ok("application/json", br#"{"token":"tok-1"}"#.to_vec())
+                } else {
+                    Reply::basic_challenge()
+                }
+            } else if !bearer {
+                challenge()
+            } else if r.path == "/v2/" {
+                Reply::ok("application/json", b"{}".to_vec())
+            } else if r.path.ends_with("/manifests/1") {
+                Reply::ok(&image.manifest.media_type, image.manifest.data.clone())
+            } else if blob(&image.config) {
+                Reply::ok("application/octet-stream", image.config.data.clone())
+            } else if blob(&image.layers[0]) {
+                Reply::ok("application/octet-stream", image.layers[0].data.clone())
+            } else {
+                Reply::not_found()
+            }
+        })
+    };
+    host.set(fake.host()).unwrap();
+    let d = Crustd::start().await;
+    hosts_toml(
+        &d,
+        &fake.host(),
+        &format!("server = \"http://{}\"\n", fake.host()),
+    );
+    let mut c = d.client().await;
+    let name = format!("{}/app:1", fake.host());
+    assert_eq!(
+        pull_with(&mut c, &name, secret_for(&fake.host()))
+            .await
+            .unwrap(),
+        image.config.digest
+    );
+    let seen = fake.seen();
+    let token_requests = seen.iter().filter(|r| r.path.starts_with("/token")).count();
+    assert!(token_requests >= 1, "{seen:?}");
+    assert!(
+        seen.iter()
+            .any(|r| r.path.ends_with("/manifests/1") && r.headers.contains("Bearer tok-1")),
+        "{seen:?}"
+    );
+    // A second pull reuses the token the first one earned.
+    remove(&mut c, &name).await;
+    pull_with(&mut c, &name, secret_for(&fake.host()))
+        .await
+        .unwrap();
+    let again = fake.seen();
+    assert_eq!(
+        again
+            .iter()
+            .filter(|r| r.path.starts_with("/token"))
+            .count(),
+        token_requests,
+        "{again:?}"
+    );
+    // Without the secret the realm hands out nothing and the pull is refused.
+    remove(&mut c, &name).await;
+    assert_refused(
+        pull_as(&mut c, &name, None).await,
+        "no secret, bearer registry",
+    );
 }

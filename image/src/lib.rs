@@ -10,6 +10,7 @@
 pub mod error;
 pub mod hosts;
 pub mod layers;
+mod manifest;
 mod pull;
 pub mod reference;
 pub mod registry;

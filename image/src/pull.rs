@@ -9,7 +9,6 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt, stream};
 use oci_client::Reference;
-use oci_client::secrets::RegistryAuth;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
@@ -17,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::{ErrorKind, ImageError, Result};
 use crate::layers::{LayerStore, remove_tree};
+use crate::manifest;
 use crate::reference::{ImageRef, is_sha256_digest};
 use crate::registry::{Route, error_chain, registry_error};
 use crate::store::LayerRef;
@@ -162,44 +162,56 @@ fn too_large(image: &ImageRef, what: String, limit: u64, rule: &'static str) -> 
     }
 }
 
-/// Fetches a manifest and checks its digest when we know what it must be, and its size.
-///
-/// oci-client reads a manifest response whole before handing it over, so a top-level
-/// manifest is only checked against the cap after it arrived; one an index points to is
-/// refused by its descriptor's size before it is fetched.
+/// Fetches a manifest, reading no more than the cap of it, and checks its digest
+/// against the reference when that names one, and against the registry's
+/// `Docker-Content-Digest` when it sent a sha256 one.
 async fn fetch_manifest(
     image: &ImageRef,
     route: &Route,
     reference: &Reference,
-    auth: &RegistryAuth,
 ) -> Result<(Bytes, String)> {
-    let what = || format!("manifest {reference}");
-    let (bytes, _) = route
-        .client
-        .pull_manifest_raw(reference, auth, ACCEPTED_MANIFESTS)
-        .await
-        .map_err(|e| registry_error(&image.to_string(), &route.endpoint, e))?;
-    if bytes.len() as u64 > MAX_METADATA_BYTES {
-        return Err(too_large(image, what(), MAX_METADATA_BYTES, METADATA_RULE));
-    }
-    let actual = sha256_of(&bytes);
-    if let Some(expected) = reference.digest()
-        && expected != actual
+    let name = image.to_string();
+    let fetched = match manifest::fetch(
+        &name,
+        route,
+        reference,
+        ACCEPTED_MANIFESTS,
+        MAX_METADATA_BYTES,
+    )
+    .await
     {
-        return Err(ImageError::DigestMismatch {
-            reference: image.to_string(),
-            what: "manifest",
-            expected: expected.to_string(),
-            actual,
-        });
+        Ok(f) => f,
+        Err(manifest::Failure::TooLarge) => {
+            return Err(too_large(
+                image,
+                format!("manifest {reference}"),
+                MAX_METADATA_BYTES,
+                METADATA_RULE,
+            ));
+        }
+        Err(manifest::Failure::Other(e)) => return Err(e),
+    };
+    let actual = sha256_of(&fetched.body);
+    let header = fetched
+        .digest_header
+        .as_deref()
+        .filter(|d| d.starts_with("sha256:"));
+    for expected in [reference.digest(), header].into_iter().flatten() {
+        if expected != actual {
+            return Err(ImageError::DigestMismatch {
+                reference: name,
+                what: "manifest",
+                expected: expected.to_string(),
+                actual,
+            });
+        }
     }
-    Ok((bytes, actual))
+    Ok((fetched.body, actual))
 }
 
 /// Resolves `image` through `route` down to a config and a layer list.
 pub(crate) async fn resolve(image: &ImageRef, route: Route) -> Result<Resolved> {
-    let auth = &route.auth;
-    let (bytes, top_digest) = fetch_manifest(image, &route, &route.reference, auth).await?;
+    let (bytes, top_digest) = fetch_manifest(image, &route, &route.reference).await?;
     let mut doc: ManifestDoc = serde_json::from_slice(&bytes)
         .map_err(|e| bad(image, format!("manifest {top_digest}: {e}")))?;
     if doc.schema_version == Some(1) {
@@ -228,7 +240,7 @@ pub(crate) async fn resolve(image: &ImageRef, route: Route) -> Result<Resolved> 
             ));
         }
         let child = route.reference.clone_with_digest(entry.digest.clone());
-        let (bytes, _) = fetch_manifest(image, &route, &child, auth).await?;
+        let (bytes, _) = fetch_manifest(image, &route, &child).await?;
         doc = serde_json::from_slice(&bytes)
             .map_err(|e| bad(image, format!("manifest {}: {e}", entry.digest)))?;
         if doc.manifests.is_some() {

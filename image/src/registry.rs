@@ -12,12 +12,15 @@
 //!   that registry's own host, never to a mirror or another `server`, which get only
 //!   credentials configured for their own host, or none;
 //! - never over plain HTTP unless hosts.toml names that endpoint with `http://`: the
-//!   plain HTTP that loopback registries get by default carries no credentials.
+//!   plain HTTP that loopback registries get by default carries no credentials;
+//! - a request's credentials whose `server_address` names another registry are not
+//!   used at all (kubelet sends one per matching secret; containerd's `ParseAuth`
+//!   drops a mismatch the same way): that pull is anonymous.
 
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine;
@@ -50,6 +53,11 @@ pub struct Credentials {
     /// A registry token, sent as a bearer token.
     #[serde(default)]
     pub registry_token: String,
+    /// The registry these credentials are for (CRI's `AuthConfig.server_address`):
+    /// `host[:port]`, with or without a scheme and path. Empty means the image's own
+    /// registry. Not a configuration key: configured credentials are keyed by host.
+    #[serde(skip)]
+    pub server_address: String,
 }
 
 impl std::fmt::Debug for Credentials {
@@ -57,14 +65,25 @@ impl std::fmt::Debug for Credentials {
         // Secrets never reach a log line.
         f.debug_struct("Credentials")
             .field("username", &self.username)
+            .field("server_address", &self.server_address)
             .finish_non_exhaustive()
     }
 }
 
 impl Credentials {
-    /// Whether nothing is set.
+    /// Whether no secret is set (a `server_address` alone authorises nothing).
     pub fn is_empty(&self) -> bool {
-        *self == Credentials::default()
+        self.username.is_empty()
+            && self.password.is_empty()
+            && self.auth.is_empty()
+            && self.identity_token.is_empty()
+            && self.registry_token.is_empty()
+    }
+
+    /// Whether these credentials may be used for an image of `registry`: their
+    /// `server_address` is empty or names that registry.
+    pub fn are_for(&self, registry: &str) -> bool {
+        self.server_address.trim().is_empty() || names_registry(&self.server_address, registry)
     }
 
     /// The registry client's form of these credentials.
@@ -72,16 +91,20 @@ impl Credentials {
         if !self.registry_token.is_empty() {
             return Ok(RegistryAuth::Bearer(self.registry_token.clone()));
         }
+        // A user name wins over an identity token, as in containerd's ParseAuth.
+        if !self.username.is_empty() {
+            return Ok(RegistryAuth::Basic(
+                self.username.clone(),
+                self.password.clone(),
+            ));
+        }
         if !self.identity_token.is_empty() {
             // oci-client has no OAuth2 refresh-token exchange; registries that accept the
             // identity token as a bearer token work, others refuse it.
             return Ok(RegistryAuth::Bearer(self.identity_token.clone()));
         }
-        if !self.username.is_empty() || !self.password.is_empty() {
-            return Ok(RegistryAuth::Basic(
-                self.username.clone(),
-                self.password.clone(),
-            ));
+        if !self.password.is_empty() {
+            return Ok(RegistryAuth::Basic(String::new(), self.password.clone()));
         }
         if !self.auth.is_empty() {
             let bad = |why: &str| ImageError::Registry {
@@ -96,10 +119,30 @@ impl Credentials {
             let (user, pass) = decoded
                 .split_once(':')
                 .ok_or_else(|| bad("not user:password"))?;
-            return Ok(RegistryAuth::Basic(user.to_string(), pass.to_string()));
+            // Docker's config.json pads with NULs at times; containerd trims them too.
+            return Ok(RegistryAuth::Basic(
+                user.to_string(),
+                pass.trim_matches('\0').to_string(),
+            ));
         }
         Ok(RegistryAuth::Anonymous)
     }
+}
+
+/// Whether a CRI `server_address` (`host[:port]`, `https://host[:port]/path`, as
+/// kubelet's keyring writes them, e.g. `https://index.docker.io/v1/`) names the
+/// registry host `registry`. Docker Hub's names are one registry.
+pub(crate) fn names_registry(server_address: &str, registry: &str) -> bool {
+    let s = server_address.trim();
+    let s = s.split_once("://").map_or(s, |(_, rest)| rest);
+    let authority = s.split(['/', '?', '#']).next().unwrap_or_default();
+    let host = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, h)| h)
+        .to_ascii_lowercase();
+    let registry = registry.to_ascii_lowercase();
+    let hub = |h: &str| matches!(h, "docker.io" | "index.docker.io" | "registry-1.docker.io");
+    !host.is_empty() && (host == registry || (hub(&host) && hub(&registry)))
 }
 
 /// Default cap on one layer's unpacked size: far above real layers (CUDA and ML
@@ -148,7 +191,24 @@ const MAX_CLIENTS: usize = 64;
 /// Registry clients, one per endpoint configuration and credentials.
 pub struct Registries {
     options: RegistryOptions,
-    clients: Mutex<LruCache<ClientKey, Client>>,
+    clients: Mutex<LruCache<ClientKey, EndpointClients>>,
+}
+
+/// Repositories whose `Authorization` header one endpoint client keeps: each pull of
+/// another repository needs a token of its own scope.
+const MAX_AUTHORIZATIONS: usize = 64;
+
+/// `Authorization` header values that earned a manifest, per repository.
+pub(crate) type Authorizations = Arc<Mutex<LruCache<String, String>>>;
+
+/// What one endpoint and set of credentials talk through: oci-client for blobs, and
+/// a plain HTTP client of the same stack and settings for manifests, which oci-client
+/// would read whole before anyone could check their size.
+#[derive(Clone)]
+struct EndpointClients {
+    oci: Client,
+    http: reqwest::Client,
+    authorizations: Authorizations,
 }
 
 /// What a cached client is for: the endpoint's settings and whose credentials.
@@ -164,6 +224,12 @@ struct ClientKey {
 #[derive(Clone)]
 pub(crate) struct Route {
     pub(crate) client: Client,
+    /// The HTTP client manifests are fetched with (see [`crate::manifest`]).
+    pub(crate) http: reqwest::Client,
+    /// `Authorization` headers earned before, per repository, for manifest fetches.
+    pub(crate) authorizations: Authorizations,
+    /// `http` or `https`.
+    pub(crate) scheme: &'static str,
     pub(crate) reference: Reference,
     pub(crate) endpoint: String,
     pub(crate) auth: RegistryAuth,
@@ -174,7 +240,7 @@ pub(crate) struct Route {
 
 /// A small least-recently-used map: lookups and inserts are linear, which at
 /// [`MAX_CLIENTS`] entries costs nothing next to a registry round trip.
-struct LruCache<K, V> {
+pub(crate) struct LruCache<K, V> {
     capacity: usize,
     tick: u64,
     entries: HashMap<K, (u64, V)>,
@@ -189,7 +255,7 @@ impl<K: Hash + Eq + Clone, V: Clone> LruCache<K, V> {
         }
     }
 
-    fn get(&mut self, key: &K) -> Option<V> {
+    pub(crate) fn get(&mut self, key: &K) -> Option<V> {
         self.tick += 1;
         let tick = self.tick;
         self.entries.get_mut(key).map(|(used, v)| {
@@ -198,7 +264,7 @@ impl<K: Hash + Eq + Clone, V: Clone> LruCache<K, V> {
         })
     }
 
-    fn insert(&mut self, key: K, value: V) {
+    pub(crate) fn insert(&mut self, key: K, value: V) {
         self.tick += 1;
         if !self.entries.contains_key(&key) && self.entries.len() >= self.capacity {
             let oldest = self
@@ -290,9 +356,20 @@ impl Registries {
         let name = image.to_string();
         let endpoints =
             hosts::resolve_endpoints(self.options.config_path.as_deref(), image.registry())?;
-        let own = request
-            .filter(|c| !c.is_empty())
-            .or_else(|| self.configured_auth(image.registry()));
+        let own = match request.filter(|c| !c.is_empty()) {
+            // Meant for another registry: neither these nor configured ones are used,
+            // so a secret never follows an image to a host it was not given for.
+            Some(c) if !c.are_for(image.registry()) => {
+                tracing::debug!(
+                    image = %name,
+                    server_address = %c.server_address,
+                    "pull credentials are for another registry; pulling anonymously"
+                );
+                None
+            }
+            Some(c) => Some(c),
+            None => self.configured_auth(image.registry()),
+        };
         let mut routes = Vec::new();
         for ep in endpoints.into_iter().filter(|ep| ep.capabilities.pull) {
             let endpoint = format!("{}://{}", scheme_name(ep.scheme), ep.host);
@@ -314,7 +391,7 @@ impl Registries {
                 Some(c) => c.to_auth(&name)?,
                 None => RegistryAuth::Anonymous,
             };
-            let client = self.client_for(&ep, &auth, &name)?;
+            let clients = self.client_for(&ep, &auth, &name)?;
             let mut reference = image.client_ref().clone();
             let default_host = match image.registry() {
                 "docker.io" => "registry-1.docker.io",
@@ -324,7 +401,10 @@ impl Registries {
                 reference.set_mirror_registry(ep.host.clone());
             }
             routes.push(Route {
-                client,
+                client: clients.oci,
+                http: clients.http,
+                authorizations: clients.authorizations,
+                scheme: scheme_name(ep.scheme),
                 reference,
                 endpoint,
                 auth,
@@ -346,7 +426,7 @@ impl Registries {
         ep: &RegistryEndpoint,
         auth: &RegistryAuth,
         reference: &str,
-    ) -> Result<Client> {
+    ) -> Result<EndpointClients> {
         let key = ClientKey {
             endpoint: format!(
                 "{}|{:?}|{}|{:?}|{:?}",
@@ -358,18 +438,35 @@ impl Registries {
         if let Some(client) = clients.get(&key) {
             return Ok(client);
         }
+        let bad_ca = |ca: &std::path::Path, why: String| ImageError::Registry {
+            reference: reference.to_string(),
+            message: format!("ca file {}: {why}", ca.display()),
+            kind: ErrorKind::FailedPrecondition,
+        };
         let mut extra_root_certificates = Vec::new();
+        let mut http = reqwest::Client::builder()
+            .danger_accept_invalid_certs(ep.skip_verify)
+            .connect_timeout(ep.dial_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT))
+            .read_timeout(self.options.read_timeout)
+            .user_agent(MANIFEST_USER_AGENT)
+            // reqwest drops the Authorization header on a redirect to another host,
+            // scheme or port, so a redirect never carries our credentials away.
+            .redirect(reqwest::redirect::Policy::limited(5));
         for ca in &ep.ca_files {
-            let data = std::fs::read(ca).map_err(|e| ImageError::Registry {
-                reference: reference.to_string(),
-                message: format!("ca file {}: {e}", ca.display()),
-                kind: ErrorKind::FailedPrecondition,
-            })?;
+            let data = std::fs::read(ca).map_err(|e| bad_ca(ca, e.to_string()))?;
+            http = http.tls_certs_merge([
+                reqwest::Certificate::from_pem(&data).map_err(|e| bad_ca(ca, e.to_string()))?
+            ]);
             extra_root_certificates.push(Certificate {
                 encoding: CertificateEncoding::Pem,
                 data,
             });
         }
+        let http = http.build().map_err(|e| ImageError::Registry {
+            reference: reference.to_string(),
+            message: format!("http client for {}: {}", ep.host, error_chain(&e)),
+            kind: ErrorKind::Internal,
+        })?;
         let config = ClientConfig {
             protocol: match ep.scheme {
                 Scheme::Http => ClientProtocol::Http,
@@ -385,11 +482,18 @@ impl Registries {
             platform_resolver: None,
             ..Default::default()
         };
-        let client = Client::new(config);
-        clients.insert(key, client.clone());
-        Ok(client)
+        let made = EndpointClients {
+            oci: Client::new(config),
+            http,
+            authorizations: Arc::new(Mutex::new(LruCache::new(MAX_AUTHORIZATIONS))),
+        };
+        clients.insert(key, made.clone());
+        Ok(made)
     }
 }
+
+/// The User-Agent of manifest requests (oci-client's own requests carry its name).
+const MANIFEST_USER_AGENT: &str = concat!("crust/", env!("CARGO_PKG_VERSION"));
 
 fn scheme_name(s: Scheme) -> &'static str {
     match s {
@@ -617,6 +721,58 @@ mod tests {
     }
 
     #[test]
+    fn server_addresses_name_registries_as_kubelet_writes_them() {
+        for (address, registry) in [
+            ("reg.example", "reg.example"),
+            ("reg.example:5000", "reg.example:5000"),
+            ("https://reg.example:5000", "reg.example:5000"),
+            ("https://reg.example/v2/", "reg.example"),
+            ("http://REG.example/", "reg.example"),
+            ("https://index.docker.io/v1/", "docker.io"),
+            ("registry-1.docker.io", "docker.io"),
+            ("docker.io", "docker.io"),
+        ] {
+            assert!(names_registry(address, registry), "{address} / {registry}");
+        }
+        for (address, registry) in [
+            ("other.example", "reg.example"),
+            ("reg.example:5000", "reg.example"),
+            ("reg.example", "reg.example:5000"),
+            ("https://reg.example.evil/", "reg.example"),
+            ("https://evil/reg.example", "reg.example"),
+            ("", "reg.example"),
+            ("https://", "reg.example"),
+            ("ghcr.io", "docker.io"),
+        ] {
+            assert!(!names_registry(address, registry), "{address} / {registry}");
+        }
+    }
+
+    #[test]
+    fn request_credentials_for_another_server_make_the_pull_anonymous() {
+        let (r, _dir) = registries(&[], &[("reg.example", basic("c", "c"))]);
+        let image = ImageRef::parse("reg.example/app:1").unwrap();
+        let scoped = |server: &str| Credentials {
+            server_address: server.into(),
+            ..basic("u", "p")
+        };
+        let auth = |c: &Credentials| format!("{:?}", r.routes(&image, Some(c)).unwrap()[0].auth);
+        assert_eq!(auth(&scoped("other.example")), "Anonymous");
+        assert_eq!(
+            auth(&scoped("https://reg.example/v2/")),
+            "Basic(\"u\", \"<redacted>\")"
+        );
+        assert_eq!(auth(&scoped("")), "Basic(\"u\", \"<redacted>\")");
+        // A server_address with no secret is no request credentials: configured ones.
+        let bare = Credentials {
+            server_address: "other.example".into(),
+            ..Default::default()
+        };
+        assert!(bare.is_empty());
+        assert_eq!(auth(&bare), "Basic(\"c\", \"<redacted>\")");
+    }
+
+    #[test]
     fn credentials_map_to_client_auth() {
         let c = Credentials {
             auth: base64::engine::general_purpose::STANDARD.encode("u:p:x"),
@@ -640,6 +796,17 @@ mod tests {
             ..Default::default()
         };
         assert!(matches!(c.to_auth("r").unwrap(), RegistryAuth::Bearer(t) if t == "t"));
+        let c = Credentials {
+            identity_token: "i".into(),
+            username: "a".into(),
+            ..Default::default()
+        };
+        assert!(matches!(c.to_auth("r").unwrap(), RegistryAuth::Basic(u, _) if u == "a"));
+        let c = Credentials {
+            auth: base64::engine::general_purpose::STANDARD.encode("u:p\0\0"),
+            ..Default::default()
+        };
+        assert!(matches!(c.to_auth("r").unwrap(), RegistryAuth::Basic(_, p) if p == "p"));
         let c = Credentials {
             identity_token: "i".into(),
             ..Default::default()

@@ -27,6 +27,7 @@ impl Cri {
                 auth: a.auth,
                 identity_token: a.identity_token,
                 registry_token: a.registry_token,
+                server_address: a.server_address,
             });
             let images = services.images.clone();
             let started = std::time::Instant::now();
