@@ -511,7 +511,9 @@ async fn random_operations_killed_mid_flight_lose_and_leak_nothing() {
     let setup = Arc::new(Setup {
         base: p.sandbox_config.clone(),
         image: p.image.clone(),
-        host_port_base: 20000 + (std::process::id() % 20000) as i32,
+        // Above the 20000-39999 that tests/sandboxes.rs picks from, so that the host
+        // ports of the two never meet in the host's iptables.
+        host_port_base: 40000 + (std::process::id() % 20000) as i32,
     });
     let model = Arc::new(Mutex::new(Model::default()));
     model
