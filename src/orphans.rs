@@ -20,7 +20,7 @@ pub async fn sweep(services: &Services) -> anyhow::Result<()> {
     // Root filesystems of containers whose create was interrupted.
     for owner in services.images.rootfs_owners() {
         let live_pause = crate::cri::pause_rootfs_owner(&owner).is_some_and(&owned);
-        if services.containers.get(&owner).is_none() && !live_pause {
+        if !owned(&owner) && !live_pause {
             tracing::info!(container = %owner, "removing the rootfs of a container that was never created");
             services
                 .images

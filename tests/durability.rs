@@ -53,9 +53,19 @@ impl Strace {
 
     /// Detaches and returns the trace, one syscall per line.
     fn finish(mut self) -> Vec<String> {
+        // SIGINT makes strace detach. Under load it has been seen to miss it; SIGKILL
+        // then, which detaches its tracees just as well (they run on).
         // SAFETY: kill(2) of the strace this test started.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
-        let _ = self.child.wait();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.child.try_wait().ok().flatten().is_none() {
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         std::fs::read_to_string(&self.out)
             .unwrap()
             .lines()
