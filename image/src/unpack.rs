@@ -711,13 +711,15 @@ impl Unpacker {
         } else {
             rel
         };
-        rustix::fs::openat2(
-            &self.root,
-            rel,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-            ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS,
-        )
+        crust_util::resolve::retry_raced(|| {
+            rustix::fs::openat2(
+                &self.root,
+                rel,
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+                ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS,
+            )
+        })
     }
 
     /// Opens the directory `dirs`, creating missing ones with mode 0755.

@@ -252,18 +252,26 @@ impl LogFile {
             let how = OpenHow::new()
                 .flags(OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC)
                 .resolve(beneath);
-            parent = match nix::fcntl::openat2(&parent, *name, how) {
-                Ok(fd) => fd,
-                Err(Errno::ENOENT) => {
-                    // 0755 as containerd makes the container's log directory.
-                    match nix::sys::stat::mkdirat(&parent, *name, Mode::from_bits_truncate(0o755)) {
-                        Ok(()) | Err(Errno::EEXIST) => {}
-                        Err(errno) => return Err(errno.into()),
+            parent =
+                match crust_util::resolve::retry_raced(|| nix::fcntl::openat2(&parent, *name, how))
+                {
+                    Ok(fd) => fd,
+                    Err(Errno::ENOENT) => {
+                        // 0755 as containerd makes the container's log directory.
+                        match nix::sys::stat::mkdirat(
+                            &parent,
+                            *name,
+                            Mode::from_bits_truncate(0o755),
+                        ) {
+                            Ok(()) | Err(Errno::EEXIST) => {}
+                            Err(errno) => return Err(errno.into()),
+                        }
+                        crust_util::resolve::retry_raced(|| {
+                            nix::fcntl::openat2(&parent, *name, how)
+                        })?
                     }
-                    nix::fcntl::openat2(&parent, *name, how)?
-                }
-                Err(errno) => return Err(errno.into()),
-            };
+                    Err(errno) => return Err(errno.into()),
+                };
         }
         let how = OpenHow::new()
             .flags(
@@ -278,7 +286,8 @@ impl LogFile {
             )
             .mode(Mode::from_bits_truncate(0o640))
             .resolve(beneath);
-        let fd = nix::fcntl::openat2(&parent, *file_name, how)?;
+        let fd =
+            crust_util::resolve::retry_raced(|| nix::fcntl::openat2(&parent, *file_name, how))?;
         let file = File::from(fd);
         // Only a regular file: a FIFO or device planted at the name is not a log.
         if !file.metadata()?.is_file() {

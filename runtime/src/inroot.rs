@@ -29,7 +29,7 @@ fn open_dir_in_root(root: &OwnedFd, relative: &Path) -> Result<OwnedFd, Errno> {
     } else {
         relative
     };
-    nix::fcntl::openat2(root, path, how)
+    crust_util::resolve::retry_raced(|| nix::fcntl::openat2(root, path, how))
 }
 
 /// Creates directory `path` (absolute in the container) and its missing parents inside

@@ -5,4 +5,5 @@
 
 pub mod mountinfo;
 pub mod process;
+pub mod resolve;
 pub mod time;

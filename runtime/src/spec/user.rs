@@ -349,7 +349,7 @@ fn open_in_root(rootfs: &Path, relative: &str) -> std::result::Result<OwnedFd, E
     let how = OpenHow::new()
         .flags(flags)
         .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
-    match nix::fcntl::openat2(&root, relative, how) {
+    match crust_util::resolve::retry_raced(|| nix::fcntl::openat2(&root, relative, how)) {
         Err(Errno::ENOSYS) => open_without_symlinks(root, relative, flags),
         other => other,
     }
