@@ -100,7 +100,10 @@ mod tests {
         assert_eq!(location_problem("c.tar"), Some("not an absolute path"));
         assert_eq!(location_problem("./c.tar"), Some("not an absolute path"));
         assert_eq!(location_problem("/tmp/"), Some("names a directory"));
-        assert_eq!(location_problem("/tmp/../etc/x"), Some("has . or .. components"));
+        assert_eq!(
+            location_problem("/tmp/../etc/x"),
+            Some("has . or .. components")
+        );
         assert_eq!(location_problem("/tmp/./x"), Some("has . or .. components"));
         assert_eq!(
             location_problem(&format!("/{}", "a".repeat(5000))),

@@ -94,7 +94,9 @@ pub fn bind_mounts(spec: &serde_json::Value) -> Vec<BindMount> {
 }
 
 /// Mount destinations of `spec`: what the rootfs diff leaves out.
-pub fn mount_destinations(spec: &serde_json::Value) -> std::collections::HashSet<std::path::PathBuf> {
+pub fn mount_destinations(
+    spec: &serde_json::Value,
+) -> std::collections::HashSet<std::path::PathBuf> {
     spec.get("mounts")
         .and_then(|m| m.as_array())
         .into_iter()
@@ -121,7 +123,11 @@ pub fn criu_log_tail(path: &Path) -> Option<String> {
     let mut bytes = Vec::new();
     file.take(LOG_TAIL_READ).read_to_end(&mut bytes).ok()?;
     let text = String::from_utf8_lossy(&bytes);
-    let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
     let errors: Vec<&str> = lines
         .iter()
         .copied()
@@ -212,7 +218,9 @@ mod tests {
         );
         std::fs::write(&log, "a\nb\n\n").unwrap();
         assert_eq!(criu_log_tail(&log).unwrap(), "a; b");
-        let long: String = (0..20).map(|i| format!("Error: {}\n", "x".repeat(i * 50))).collect();
+        let long: String = (0..20)
+            .map(|i| format!("Error: {}\n", "x".repeat(i * 50)))
+            .collect();
         std::fs::write(&log, long).unwrap();
         let tail = criu_log_tail(&log).unwrap();
         assert_eq!(tail.split("; ").count(), LOG_TAIL_LINES);

@@ -225,8 +225,11 @@ mod tests {
             rustix::fs::XattrFlags::empty(),
         )
         .unwrap();
-        nix::unistd::mkfifo(&u.join("fifo"), nix::sys::stat::Mode::from_bits_truncate(0o600))
-            .unwrap();
+        nix::unistd::mkfifo(
+            &u.join("fifo"),
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+        )
+        .unwrap();
         let _socket = std::os::unix::net::UnixListener::bind(u.join("sock")).unwrap();
         let skip: HashSet<PathBuf> = ["/etc/hostname", "/dev/shm"]
             .iter()
@@ -239,7 +242,16 @@ mod tests {
         let names: Vec<&str> = entries.iter().map(|(n, _, _)| n.as_str()).collect();
         assert_eq!(
             names,
-            ["dev", "etc", "fifo", "var", "etc/link", "etc/motd", "var/cache", "var/cache/new"]
+            [
+                "dev",
+                "etc",
+                "fifo",
+                "var",
+                "etc/link",
+                "etc/motd",
+                "var/cache",
+                "var/cache/new"
+            ]
         );
         assert_eq!(summary.entries, entries.len() as u64);
         let find = |name: &str| entries.iter().find(|(n, _, _)| n == name).unwrap();
@@ -261,9 +273,13 @@ mod tests {
             rustix::fs::XattrFlags::empty(),
         )
         .unwrap();
-        let err = write_rootfs_diff(upper.path(), &HashSet::new(), Vec::new(), later())
-            .unwrap_err();
-        assert!(err.to_string().contains("/moved: has trusted.overlay.redirect"), "{err}");
+        let err =
+            write_rootfs_diff(upper.path(), &HashSet::new(), Vec::new(), later()).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("/moved: has trusted.overlay.redirect"),
+            "{err}"
+        );
         let err = write_rootfs_diff(
             upper.path(),
             &HashSet::new(),

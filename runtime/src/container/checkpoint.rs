@@ -16,7 +16,9 @@
 //! the location. The work directory lives under crust's root (CRIU images are as big
 //! as the container's memory: not for tmpfs) and is named after the container; one
 //! left by a crash is found at start-up ([`ContainerService::clean_checkpoint_work`]),
-//! its container resumed and its half-written archive removed.
+//! its container resumed and its half-written archive removed. CRIU's log of a
+//! failed dump stays in the bundle (`dump.log`, the file runc's error names) until the
+//! container is removed.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -179,9 +181,7 @@ impl ContainerService {
                 let kind = match e.kind() {
                     std::io::ErrorKind::AlreadyExists => ContainerErrorKind::AlreadyExists,
                     std::io::ErrorKind::NotFound => ContainerErrorKind::InvalidArgument,
-                    _ if e.raw_os_error() == Some(libc::ELOOP) => {
-                        ContainerErrorKind::AlreadyExists
-                    }
+                    _ if e.raw_os_error() == Some(libc::ELOOP) => ContainerErrorKind::AlreadyExists,
                     _ => ContainerErrorKind::Internal,
                 };
                 failed(
@@ -253,7 +253,7 @@ impl ContainerService {
         }
         runtime.pause(&id).await.map_err(super::rt(&id, "pause"))?;
         let dumped = self
-            .dump_frozen(&id, runtime, w, file, upper, &spec, deadline)
+            .dump_frozen(r, runtime, w, file, upper, &spec, deadline)
             .await;
         let resumed = runtime.resume(&id).await;
         match (dumped, resumed) {
@@ -272,7 +272,7 @@ impl ContainerService {
     #[allow(clippy::too_many_arguments)]
     async fn dump_frozen(
         &self,
-        id: &str,
+        r: &super::ContainerRecord,
         runtime: &crate::oci::OciRuntime,
         w: &Path,
         file: &std::fs::File,
@@ -280,14 +280,18 @@ impl ContainerService {
         spec: &serde_json::Value,
         deadline: Instant,
     ) -> Result<()> {
+        let id = r.id.as_str();
+        // CRIU's log goes to the bundle, where the path runc names in its error stays
+        // valid after a failure (until the container is removed); a successful dump's
+        // log moves into the archive.
         let opts = CheckpointOptions {
             image_path: w.join(checkpoint::CHECKPOINT_DIR),
-            work_path: w.to_path_buf(),
+            work_path: r.bundle.clone(),
             leave_running: true,
         };
         let left = deadline.saturating_duration_since(Instant::now());
         if let Err(e) = runtime.checkpoint(id, &opts, left).await {
-            let criu = metadata::criu_log_tail(&w.join(checkpoint::DUMP_LOG))
+            let criu = metadata::criu_log_tail(&r.bundle.join(checkpoint::DUMP_LOG))
                 .map(|tail| format!("; criu log: {tail}"))
                 .unwrap_or_default();
             let kind = match e.kind() {
@@ -299,6 +303,7 @@ impl ContainerService {
             };
             return Err(failed(id, kind, format!("checkpoint: {e}{criu}")));
         }
+        let bundle = r.bundle.clone();
         let (w, upper, file) = (w.to_path_buf(), upper.to_path_buf(), file.try_clone());
         let skip = metadata::mount_destinations(spec);
         let file = file.map_err(|source| ContainerError::Io {
@@ -307,6 +312,13 @@ impl ContainerService {
             source,
         })?;
         let written = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            for log in [checkpoint::DUMP_LOG, checkpoint::STATS_DUMP] {
+                match std::fs::copy(bundle.join(log), w.join(log)) {
+                    Ok(_) => std::fs::remove_file(bundle.join(log))?,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e),
+                }
+            }
             let diff = std::fs::File::create(w.join(checkpoint::ROOTFS_DIFF))?;
             let diff = std::io::BufWriter::with_capacity(1 << 20, diff);
             let summary = rootfs_diff::write_rootfs_diff(&upper, &skip, diff, deadline)?;
@@ -346,8 +358,7 @@ fn remove_recorded_location(record: &Path) {
         return;
     };
     let mut parts = text.splitn(3, ' ');
-    let (Some(dev), Some(ino), Some(location)) = (parts.next(), parts.next(), parts.next())
-    else {
+    let (Some(dev), Some(ino), Some(location)) = (parts.next(), parts.next(), parts.next()) else {
         return;
     };
     let location = Path::new(location);
@@ -372,7 +383,11 @@ mod tests {
         assert_eq!(find_criu(&path), None);
         std::fs::create_dir(dirs[0].path().join("criu")).unwrap();
         std::fs::write(dirs[1].path().join("criu"), b"").unwrap();
-        assert_eq!(find_criu(&path), None, "a directory and a non-executable file");
+        assert_eq!(
+            find_criu(&path),
+            None,
+            "a directory and a non-executable file"
+        );
         std::fs::set_permissions(
             dirs[1].path().join("criu"),
             std::fs::Permissions::from_mode(0o755),
