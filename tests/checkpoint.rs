@@ -296,7 +296,8 @@ async fn checkpoint_refuses_bad_requests_and_changes_nothing() {
 
 /// runc, except that `checkpoint` does what CRIU would (image files and a dump log)
 /// without dumping anything, and records whether runc says the container is paused
-/// at that moment.
+/// at that moment. While a file `hang` is beside it, `checkpoint` writes its pid to
+/// `hanging` and sleeps instead.
 fn runc_with_criu_stood_in(dir: &Path) -> PathBuf {
     let wrapper = dir.join("runc-fake-criu");
     std::fs::write(
@@ -315,6 +316,8 @@ while [ $# -gt 0 ]; do
   esac
 done
 status=$(/usr/sbin/runc --root "$root" state "$id" | grep '"status"')
+# A dump that never ends, for a crustd killed in the middle of it.
+if [ -e "$(dirname "$0")/hang" ]; then echo $$ > "$(dirname "$0")/hanging"; exec sleep 60; fi
 mkdir -p "$img"
 echo inventory > "$img/inventory.img"
 echo pages > "$img/pages-1.img"
@@ -433,4 +436,56 @@ async fn archive_of_a_real_container_holds_its_frozen_dump_spec_and_rootfs_diff(
     checkpoint(&mut pod, &id, &tools.path().join("second.tar"))
         .await
         .unwrap();
+}
+
+#[tokio::test]
+async fn a_crash_mid_checkpoint_leaves_neither_a_frozen_container_nor_an_archive() {
+    let tools = tempfile::tempdir().unwrap();
+    let wrapper = runc_with_criu_stood_in(tools.path());
+    let mut pod = TestPod::set_up_configured(
+        oci::busybox_image(),
+        "",
+        &format!("[runtimes.runc]\npath = {wrapper:?}\n"),
+        &[r#"{"type":"loopback"}"#],
+    )
+    .await;
+    let id = running_counter(&mut pod).await;
+    std::fs::write(tools.path().join("hang"), b"").unwrap();
+    let location = tools.path().join("crash.tar");
+    let mut client = pod.c.clone();
+    let request = cri::CheckpointContainerRequest {
+        container_id: id.clone(),
+        location: location.display().to_string(),
+        timeout: 120,
+    };
+    let call = tokio::spawn(async move { client.runtime.checkpoint_container(request).await });
+    let hanging = tools.path().join("hanging");
+    for _ in 0..200 {
+        if hanging.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let dump_pid: i32 = std::fs::read_to_string(&hanging)
+        .expect("the checkpoint never reached the dump")
+        .trim()
+        .parse()
+        .unwrap();
+    // Mid-dump: the location is claimed and the container frozen.
+    assert!(location.exists());
+    assert!(!work_dirs(&pod).is_empty());
+    pod.d.kill();
+    assert!(call.await.unwrap().is_err(), "crustd died mid-call");
+    // SAFETY: kill(2) of the stand-in dump process this test's wrapper started.
+    unsafe { libc::kill(dump_pid, libc::SIGKILL) };
+
+    pod.d.start_again().await;
+    pod.c = pod.d.client().await;
+    assert!(!location.exists(), "the half-written archive is left");
+    assert_eq!(
+        work_dirs(&pod),
+        Vec::<PathBuf>::new(),
+        "work directory left"
+    );
+    assert_counting(&mut pod, &id).await;
 }
