@@ -166,6 +166,7 @@ impl ContainerService {
     ) -> Result<(tempfile::TempDir, std::fs::File, std::fs::Metadata)> {
         let dir = self.options.checkpoint_dir.clone();
         let (id, location) = (id.to_owned(), location.to_path_buf());
+        let task_id = id.clone();
         tokio::task::spawn_blocking(move || {
             let io = |step: &'static str| {
                 let id = id.clone();
@@ -201,7 +202,7 @@ impl ContainerService {
         })
         .await
         .map_err(|e| ContainerError::Io {
-            id: String::new(),
+            id: task_id,
             step: "prepare checkpoint",
             source: std::io::Error::other(e),
         })?
