@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 packages=(
   build-essential pkg-config protobuf-compiler   # building crust (k8s-cri needs protoc)
   runc crun                                      # OCI runtimes
+  criu                                           # CheckpointContainer (runc checkpoint)
   containernetworking-plugins iptables iproute2  # CNI plugins and what they call
   docker-registry                                # the registry the tests push to
   busybox-static                                 # what the test images are built from

@@ -365,6 +365,7 @@ async fn recover(config: Arc<Config>, streaming_url: String) -> anyhow::Result<c
             state: config.state.clone(),
             monitor_binary,
             runtimes: sandboxes.runtimes(),
+            checkpoint_dir: config.root.join("checkpoints"),
         },
     )
     .await

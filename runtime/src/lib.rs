@@ -7,12 +7,15 @@
 //!   defaults every spec shares (capabilities, masked paths, mounts, sysctls, OOM score).
 //! - [`pause`]: the embedded static crust-pause binary and its shared read-only rootfs.
 //! - [`pause_spec`]: the pause container's spec pieces gathered for the sandbox crate.
+//! - [`checkpoint`]: checkpoint archives (CRIU images, spec, rootfs diff) as CRI-O
+//!   writes them.
 //!
 //! The crate knows neither images nor sandboxes: callers hand it plain data (rootfs
 //! paths, namespace paths, cgroup paths).
 #![deny(missing_docs)]
 
 pub mod apparmor;
+pub mod checkpoint;
 pub mod console;
 pub mod container;
 pub mod error;
@@ -31,6 +34,6 @@ pub mod spec;
 pub mod stats;
 
 pub use error::{ErrorKind, Failure, Result, RuntimeError};
-pub use oci::{CreateOptions, OciRuntime, State};
+pub use oci::{CheckpointOptions, CreateOptions, OciRuntime, State};
 pub use pause::{PAUSE_BINARY, PAUSE_PATH, install_pause_rootfs};
 pub use spec::{MountSpec, NamespaceMode, PidMode, SandboxSpec};

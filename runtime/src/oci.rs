@@ -75,6 +75,17 @@ pub struct CreateOptions {
     pub no_new_keyring: bool,
 }
 
+/// Options of [`OciRuntime::checkpoint`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckpointOptions {
+    /// Where CRIU writes its image files (`--image-path`).
+    pub image_path: PathBuf,
+    /// Where CRIU writes `dump.log` and `stats-dump` (`--work-path`).
+    pub work_path: PathBuf,
+    /// The container goes on running after the dump (`--leave-running`).
+    pub leave_running: bool,
+}
+
 /// A container's state as the runtime's `state` command reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct State {
@@ -338,6 +349,70 @@ impl OciRuntime {
         Ok(command)
     }
 
+    /// Freezes every process of container `id` (`pause`, the cgroup freezer).
+    pub async fn pause(&self, id: &str) -> Result<()> {
+        self.simple("pause", id).await
+    }
+
+    /// Thaws container `id` after [`OciRuntime::pause`] (`resume`).
+    pub async fn resume(&self, id: &str) -> Result<()> {
+        self.simple("resume", id).await
+    }
+
+    /// `<verb> ID`, its output discarded.
+    async fn simple(&self, verb: &'static str, id: &str) -> Result<()> {
+        validate_id(id)?;
+        let log = self.call_log(id)?;
+        let mut command = self.command(&log.path);
+        command.arg(verb).arg(id);
+        self.run(verb, id, command, log, true).await.map(drop)
+    }
+
+    /// The `checkpoint` command line (CRIU through the runtime) logging to `log`, as
+    /// [`OciRuntime::checkpoint`] runs it.
+    pub fn checkpoint_command(
+        &self,
+        id: &str,
+        opts: &CheckpointOptions,
+        log: &Path,
+    ) -> Result<std::process::Command> {
+        validate_id(id)?;
+        let image_path = absolute("checkpoint image path", &opts.image_path)?;
+        let work_path = absolute("checkpoint work path", &opts.work_path)?;
+        let mut command = self.command(log);
+        command
+            .arg("checkpoint")
+            .arg("--image-path")
+            .arg(&image_path)
+            .arg("--work-path")
+            .arg(&work_path);
+        // As CRI-O asks: file locks are dumped rather than refused.
+        command.arg("--file-locks");
+        if opts.leave_running {
+            command.arg("--leave-running");
+        }
+        command.arg(id);
+        Ok(command)
+    }
+
+    /// Checkpoints container `id` with CRIU into `opts.image_path` (CRIU's images) and
+    /// `opts.work_path` (CRIU's `dump.log`, `stats-dump`), killed after `timeout`
+    /// rather than the runtime's usual one: dumping memory takes as long as it is big.
+    /// A failure that names CRIU is [`ErrorKind::FailedPrecondition`]: the node, not
+    /// the request, is what lacks.
+    pub async fn checkpoint(
+        &self,
+        id: &str,
+        opts: &CheckpointOptions,
+        timeout: Duration,
+    ) -> Result<()> {
+        let log = self.call_log(id)?;
+        let command = self.checkpoint_command(id, opts, &log.path)?;
+        self.run_within("checkpoint", id, command, log, true, timeout)
+            .await
+            .map(drop)
+    }
+
     /// The runtime's name for messages: its binary's file name.
     fn name(&self) -> String {
         self.binary
@@ -397,6 +472,20 @@ impl OciRuntime {
         log: CallLog,
         capture: bool,
     ) -> Result<Vec<u8>> {
+        self.run_within(name, id, command, log, capture, self.timeout)
+            .await
+    }
+
+    /// Runs `command` to completion within `timeout`; returns its stdout.
+    async fn run_within(
+        &self,
+        name: &'static str,
+        id: &str,
+        command: std::process::Command,
+        log: CallLog,
+        capture: bool,
+        timeout: Duration,
+    ) -> Result<Vec<u8>> {
         let args = command_line(&command);
         tracing::debug!(command = %args.join(" "), "oci runtime call");
         let mut command = tokio::process::Command::from(command);
@@ -415,7 +504,7 @@ impl OciRuntime {
         })?;
         let stdout = child.stdout.take();
         let stderr = child.stderr.take();
-        let finished = tokio::time::timeout(self.timeout, async {
+        let finished = tokio::time::timeout(timeout, async {
             tokio::join!(read_all(stdout), read_all(stderr), child.wait())
         })
         .await;
@@ -425,7 +514,7 @@ impl OciRuntime {
                 runtime: self.name(),
                 command: name,
                 id: id.to_owned(),
-                timeout: self.timeout,
+                timeout,
             });
         };
         let status = status.map_err(|err| RuntimeError::io("wait for", &self.binary, err))?;
@@ -506,6 +595,11 @@ pub(crate) fn validate_id(id: &str) -> Result<()> {
 /// the container's state is missing.
 fn classify(command: &str, message: &str, state_dir: &str) -> ErrorKind {
     let lower = message.to_ascii_lowercase();
+    if command == "checkpoint" && lower.contains("criu") {
+        // "criu failed: type DUMP errno 0", "criu version ... is too old", "exec:
+        // \"criu\": executable file not found": CRIU is missing or cannot dump here.
+        return ErrorKind::FailedPrecondition;
+    }
     if command == "create" {
         // runc: "container with id exists: x"; crun, youki: "... already exists". Ids
         // are unique per sandbox and container, so this is state left behind.
@@ -752,6 +846,96 @@ mod tests {
                 .get_envs()
                 .any(|(k, v)| k == "NOTIFY_SOCKET" && v.is_none())
         );
+    }
+
+    #[test]
+    fn checkpoint_command_line() {
+        let runtime = OciRuntime::new("/usr/sbin/runc".into(), "/run/crust/runc".into());
+        let opts = CheckpointOptions {
+            image_path: "/var/lib/crust/checkpoints/w/checkpoint".into(),
+            work_path: "/var/lib/crust/checkpoints/w".into(),
+            leave_running: true,
+        };
+        let command = runtime
+            .checkpoint_command("c1", &opts, Path::new("/b/c1/log.json"))
+            .unwrap();
+        assert_eq!(
+            command_line(&command).join(" "),
+            "/usr/sbin/runc --root /run/crust/runc --log /b/c1/log.json --log-format json \
+             checkpoint --image-path /var/lib/crust/checkpoints/w/checkpoint \
+             --work-path /var/lib/crust/checkpoints/w --file-locks --leave-running c1"
+        );
+        let stop = CheckpointOptions {
+            leave_running: false,
+            ..opts.clone()
+        };
+        let command = runtime
+            .checkpoint_command("c1", &stop, Path::new("/b/c1/log.json"))
+            .unwrap();
+        assert!(!command_line(&command).contains(&"--leave-running".to_string()));
+        let err = runtime
+            .checkpoint_command("--all", &opts, Path::new("/l"))
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+    }
+
+    #[test]
+    fn criu_failures_of_checkpoint_are_preconditions() {
+        let dir = "/run/crust/runc/c1";
+        assert_eq!(
+            classify(
+                "checkpoint",
+                "criu failed: type DUMP errno 0\nlog file: /w/dump.log",
+                dir
+            ),
+            ErrorKind::FailedPrecondition
+        );
+        assert_eq!(
+            classify("checkpoint", "container does not exist", dir),
+            ErrorKind::NotFound
+        );
+        assert_eq!(
+            classify("checkpoint", "mkdir /w: permission denied", dir),
+            ErrorKind::Internal
+        );
+        // Only checkpoint failures blame CRIU: another command naming it is not one.
+        assert_eq!(classify("start", "criu", dir), ErrorKind::Internal);
+    }
+
+    #[tokio::test]
+    async fn checkpoint_has_its_own_timeout_and_pause_resume_name_the_container() {
+        let fake = Fake::new();
+        let runtime = fake
+            .runtime(
+                "slow",
+                r#"echo "$cmd $*" >> "$(dirname "$log")/calls"
+[ "$cmd" = checkpoint ] && sleep 1
+exit 0"#,
+            )
+            .with_timeout(Duration::from_millis(100));
+        let bundle = fake.bundle("c1");
+        let opts = CheckpointOptions {
+            image_path: bundle.join("img"),
+            work_path: bundle.clone(),
+            leave_running: true,
+        };
+        runtime.pause("c1").await.unwrap();
+        // Longer than the runtime's timeout, within the checkpoint's own.
+        runtime
+            .checkpoint("c1", &opts, Duration::from_secs(10))
+            .await
+            .unwrap();
+        let err = runtime
+            .checkpoint("c1", &opts, Duration::from_millis(200))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::DeadlineExceeded, "{err}");
+        runtime.resume("c1").await.unwrap();
+        let calls = std::fs::read_to_string(bundle.join("calls")).unwrap();
+        let lines: Vec<&str> = calls.lines().collect();
+        assert_eq!(lines[0], "pause c1");
+        assert!(lines[1].starts_with("checkpoint --image-path"), "{calls}");
+        assert_eq!(lines.last(), Some(&"resume c1"));
     }
 
     /// A directory holding fake runtime scripts.

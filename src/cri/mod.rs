@@ -1,6 +1,7 @@
 //! The CRI gRPC services: thin handlers that validate, call the domain crates and map
 //! errors. One file per RPC or small group of RPCs.
 
+mod checkpoint;
 mod container;
 mod convert;
 mod error;
@@ -257,11 +258,9 @@ impl cri::runtime_service_server::RuntimeService for Cri {
     }
     async fn checkpoint_container(
         &self,
-        _r: Request<cri::CheckpointContainerRequest>,
+        r: Request<cri::CheckpointContainerRequest>,
     ) -> Result<Response<cri::CheckpointContainerResponse>, Status> {
-        Err(Status::unimplemented(
-            "CheckpointContainer: checkpointing is not supported by crust",
-        ))
+        Cri::checkpoint_container(self, r).await
     }
     type GetContainerEventsStream = events::EventStream;
     async fn get_container_events(

@@ -6,6 +6,7 @@
 //! the OCI runtime. Recovery re-adopts containers whose monitor still runs and takes
 //! the real exit code of those that ended while crustd was away.
 
+mod checkpoint;
 mod exec;
 mod interactive;
 pub mod record;
@@ -28,6 +29,7 @@ use crate::spec::container::{
     parse_signal,
 };
 use crate::{ErrorKind, RuntimeError};
+pub use checkpoint::{CheckpointRequest, DEFAULT_CHECKPOINT_TIMEOUT, find_criu};
 pub use exec::ExecOutput;
 pub use interactive::{ExecStreams, StreamingExec};
 pub use record::{ContainerRecord, RecordedUser, state};
@@ -75,6 +77,17 @@ pub enum ContainerError {
         id: String,
         /// What timed out.
         message: String,
+    },
+    /// A checkpoint could not be made: CRIU missing or failing (with the end of its
+    /// log), the location taken, the archive not written.
+    #[error("container {id}: {message}")]
+    Checkpoint {
+        /// The container.
+        id: String,
+        /// What went wrong.
+        message: String,
+        /// What kind of failure it is.
+        kind: ContainerErrorKind,
     },
     /// The metadata store failed.
     #[error("container store: {0}")]
@@ -125,6 +138,7 @@ impl ContainerError {
                 ErrorKind::DeadlineExceeded => ContainerErrorKind::DeadlineExceeded,
                 _ => ContainerErrorKind::Internal,
             },
+            ContainerError::Checkpoint { kind, .. } => *kind,
             ContainerError::Store(_) | ContainerError::Io { .. } => ContainerErrorKind::Internal,
         }
     }
@@ -145,6 +159,9 @@ pub struct ContainerOptions {
     pub monitor_binary: PathBuf,
     /// OCI runtimes by handler, the same instances the sandboxes use.
     pub runtimes: HashMap<String, Arc<OciRuntime>>,
+    /// Where checkpoints are assembled (CRIU images, the rootfs diff): on disk, as
+    /// they are as big as the container's memory and changes.
+    pub checkpoint_dir: PathBuf,
 }
 
 /// Everything CreateContainer needs, resolved by the caller.
@@ -226,6 +243,8 @@ pub struct ContainerService {
     /// overwritten by the start's older copy).
     /// Per-container locks for read-modify-writes of a record and its removal.
     locks: KeyedLocks,
+    /// Per-container locks held for a whole checkpoint.
+    checkpoints: KeyedLocks,
 }
 
 /// A callback told the id of each container that exits.
@@ -261,8 +280,10 @@ impl ContainerService {
             host: HostFeatures::detect(),
             exit_hook: std::sync::OnceLock::new(),
             locks: KeyedLocks::default(),
+            checkpoints: KeyedLocks::default(),
         });
         service.recover().await?;
+        service.clean_checkpoint_work().await;
         Ok(service)
     }
 
