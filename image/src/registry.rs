@@ -27,7 +27,7 @@ use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 use sha2::{Digest, Sha256};
 
-use crate::error::{ErrorKind, ImageError, Result};
+use crate::error::{ErrorKind, ImageError, Op, Result};
 use crate::hosts::{self, RegistryEndpoint, Scheme};
 use crate::reference::ImageRef;
 
@@ -84,7 +84,8 @@ impl Credentials {
             ));
         }
         if !self.auth.is_empty() {
-            let bad = |why: &str| ImageError::Registry {
+            let bad = |why: &str| ImageError::Source {
+                op: Op::Pull,
                 reference: reference.to_string(),
                 message: format!("auth: {why}"),
                 kind: ErrorKind::InvalidArgument,
@@ -332,7 +333,8 @@ impl Registries {
             });
         }
         if routes.is_empty() {
-            return Err(ImageError::Registry {
+            return Err(ImageError::Source {
+                op: Op::Pull,
                 reference: image.to_string(),
                 message: format!("no endpoint of {} may pull", image.registry()),
                 kind: ErrorKind::FailedPrecondition,
@@ -360,7 +362,8 @@ impl Registries {
         }
         let mut extra_root_certificates = Vec::new();
         for ca in &ep.ca_files {
-            let data = std::fs::read(ca).map_err(|e| ImageError::Registry {
+            let data = std::fs::read(ca).map_err(|e| ImageError::Source {
+                op: Op::Pull,
                 reference: reference.to_string(),
                 message: format!("ca file {}: {e}", ca.display()),
                 kind: ErrorKind::FailedPrecondition,
@@ -435,7 +438,8 @@ pub(crate) fn registry_error(
         OciDistributionError::DigestError(_) => ErrorKind::Internal,
         _ => ErrorKind::Internal,
     };
-    ImageError::Registry {
+    ImageError::Source {
+        op: Op::Pull,
         reference: reference.to_string(),
         message: format!("{endpoint}: {}", error_chain(&e)),
         kind,
