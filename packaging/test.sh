@@ -10,6 +10,7 @@ packages=(
   runc crun                                      # OCI runtimes
   containernetworking-plugins iptables iproute2  # CNI plugins and what they call
   docker-registry                                # the registry the tests push to
+  containerd                                     # what tests/containerd_import.rs imports from
   busybox-static                                 # what the test images are built from
   attr util-linux procps hostname openssl                # getfattr, nsenter, ps, hostname for assertions
 )

@@ -16,8 +16,8 @@ use containerd_client::services::v1::images_client::ImagesClient;
 use containerd_client::services::v1::leases_client::LeasesClient;
 use containerd_client::services::v1::namespaces_client::NamespacesClient;
 use containerd_client::services::v1::{
-    AddResourceRequest, CreateRequest, DeleteRequest, GetNamespaceRequest, InfoRequest,
-    ListImagesRequest, ReadContentRequest, Resource,
+    AddResourceRequest, CreateRequest, DeleteRequest, InfoRequest, ListImagesRequest,
+    ListNamespacesRequest, ReadContentRequest, Resource,
 };
 use futures_util::{StreamExt, TryStreamExt};
 use tokio_util::sync::CancellationToken;
@@ -129,21 +129,19 @@ impl Containerd {
             channel,
             lease: String::new(),
         };
-        NamespacesClient::new(client.channel.clone())
-            .get(GetNamespaceRequest {
-                name: namespace.to_string(),
-            })
+        // Get answers for any name (with no labels), so existence is a listing.
+        let namespaces = NamespacesClient::new(client.channel.clone())
+            .list(ListNamespacesRequest::default())
             .await
-            .map_err(|s| match s.code() {
-                tonic::Code::NotFound => error(
-                    format!("namespace {namespace:?} does not exist"),
-                    ErrorKind::NotFound,
-                ),
-                _ => error(
-                    format!("namespace {namespace:?}: {}", s.message()),
-                    status_kind(&s),
-                ),
-            })?;
+            .map_err(|s| error(format!("list namespaces: {}", s.message()), status_kind(&s)))?
+            .into_inner()
+            .namespaces;
+        if !namespaces.iter().any(|n| n.name == namespace) {
+            return Err(error(
+                format!("namespace {namespace:?} does not exist"),
+                ErrorKind::NotFound,
+            ));
+        }
         let expires =
             (chrono::Utc::now() + LEASE_EXPIRY).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
         let id = format!("crust-import-{:016x}", rand::random::<u64>());
