@@ -366,6 +366,10 @@ async fn containerd_images_import_as_a_pull_would_record_them() {
         out.contains(&format!("{multi_name}: imported as ")),
         "{out}"
     );
+    // The lease that kept containerd's GC off the blobs is gone.
+    let leases = ctd.ctr(&["leases", "ls", "-q"]);
+    assert!(leases.status.success());
+    assert_eq!(String::from_utf8_lossy(&leases.stdout).trim(), "");
     d.start_again().await;
     let mut c = d.client().await;
     assert_eq!(status(&mut c, &box_name).await, Some(want_box.clone()));

@@ -321,7 +321,6 @@ mod tests {
     use super::*;
 
     #[test]
-    #[test]
     fn channel_reader_refuses_an_unvouched_end() {
         let (tx, rx) = mpsc::channel(4);
         tx.try_send(Chunk::Data(Bytes::from_static(b"abc")))
