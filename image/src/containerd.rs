@@ -160,9 +160,9 @@ impl Containerd {
     /// `message` as a request in our namespace.
     fn request<T>(&self, message: T) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
-        // A namespace that containerd just told us exists is a valid header value
-        // unless it holds bytes HTTP/2 headers cannot carry; such a request then goes
-        // without it and fails in containerd's default-less namespace check.
+        // containerd only creates namespaces with identifier-like names, and connect()
+        // found this one among them, so it parses as a header value; were it not to,
+        // containerd would refuse the request for naming no namespace.
         if let Ok(value) = self.namespace.parse() {
             request.metadata_mut().insert(NAMESPACE_HEADER, value);
         }
