@@ -11,6 +11,7 @@ packages=(
   criu                                           # CheckpointContainer (runc checkpoint)
   containernetworking-plugins iptables iproute2  # CNI plugins and what they call
   docker-registry                                # the registry the tests push to
+  containerd                                     # what tests/containerd_import.rs imports from
   busybox-static                                 # what the test images are built from
   attr util-linux procps hostname openssl                # getfattr, nsenter, ps, hostname for assertions
   strace                                         # the durability test watches sync order

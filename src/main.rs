@@ -3,6 +3,7 @@
 mod config;
 mod cri;
 mod ctl;
+mod import;
 mod metrics;
 mod orphans;
 mod server;
@@ -52,6 +53,18 @@ enum Command {
     },
     /// A small CRI client (also installed as `crust`): version, pods, ps, images, pull, run, ...
     Ctl(ctl::CtlArgs),
+    /// Work on the image store directly (crustd stopped).
+    Images {
+        #[command(subcommand)]
+        what: ImagesCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ImagesCommand {
+    /// Import images from a running containerd (manifests, configs and layers read over
+    /// its API, verified and unpacked into the store under --root; no registry contacted).
+    Import(import::ImportArgs),
 }
 
 /// crust: a small client of crustd's CRI socket (`crustd ctl` under another name).
@@ -190,6 +203,13 @@ fn main() -> anyhow::Result<()> {
             println!("{config:#?}");
             return Ok(());
         }
+        Some(Command::Images {
+            what: ImagesCommand::Import(args),
+        }) => {
+            let config = load_config(&cli)?;
+            init_logging(&config);
+            std::process::exit(import::main(&config, args)?);
+        }
         None => {}
     }
     let config = load_config(&cli)?;
@@ -279,10 +299,24 @@ async fn serve(config: Arc<Config>) -> anyhow::Result<()> {
 /// The metadata store's page cache.
 const DB_CACHE_BYTES: usize = 4 << 20;
 
+/// The metadata store's file under the root.
+const DB_FILE: &str = "crust.redb";
+
+/// The image store's options, from the configuration.
+fn registry_options(config: &Config) -> crust_image::RegistryOptions {
+    crust_image::RegistryOptions {
+        config_path: config.registry.config_path.clone(),
+        auths: config.registry.auths.clone().into_iter().collect(),
+        max_layer_unpacked_bytes: config.registry.max_layer_unpacked_bytes,
+        max_image_unpacked_bytes: config.registry.max_image_unpacked_bytes,
+        read_timeout: std::time::Duration::from_secs(config.registry.read_timeout_secs),
+    }
+}
+
 /// Opens the store and reconciles it with the disk and what runs: what start-up must
 /// finish before any RPC is answered.
 async fn recover(config: Arc<Config>, streaming_url: String) -> anyhow::Result<cri::Services> {
-    let db_path = config.root.join("crust.redb");
+    let db_path = config.root.join(DB_FILE);
     let db = tokio::task::spawn_blocking(move || {
         // Lists and statuses are served from memory; redb's page cache (1 GiB by
         // default) only speeds up writes, and would grow with every record written.
@@ -304,13 +338,7 @@ async fn recover(config: Arc<Config>, streaming_url: String) -> anyhow::Result<c
     })
     .await??;
     let db = Arc::new(db);
-    let options = crust_image::RegistryOptions {
-        config_path: config.registry.config_path.clone(),
-        auths: config.registry.auths.clone().into_iter().collect(),
-        max_layer_unpacked_bytes: config.registry.max_layer_unpacked_bytes,
-        max_image_unpacked_bytes: config.registry.max_image_unpacked_bytes,
-        read_timeout: std::time::Duration::from_secs(config.registry.read_timeout_secs),
-    };
+    let options = registry_options(&config);
     let images = {
         let (root, db) = (config.root.clone(), Arc::clone(&db));
         tokio::task::spawn_blocking(move || crust_image::ImageService::open(root, db, options))

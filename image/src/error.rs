@@ -25,7 +25,25 @@ pub enum ErrorKind {
     Internal,
 }
 
-/// Errors of image references, pulls, the layer store and image records.
+/// What was being done to an image when an [`ImageError`] happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// Pulling it from a registry.
+    Pull,
+    /// Importing it from containerd.
+    Import,
+}
+
+impl std::fmt::Display for Op {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Op::Pull => "pull",
+            Op::Import => "import",
+        })
+    }
+}
+
+/// Errors of image references, pulls, imports, the layer store and image records.
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
     /// A reference that cannot be parsed.
@@ -39,20 +57,25 @@ pub enum ImageError {
     /// The image is not in the store.
     #[error("image {0:?} not found")]
     NotFound(String),
-    /// A registry answered with an error or could not be reached.
-    #[error("pull {reference}: {message}")]
-    Registry {
-        /// The reference being pulled.
+    /// Where the blobs come from (a registry, containerd) answered with an error or
+    /// could not be reached.
+    #[error("{op} {reference}: {message}")]
+    Source {
+        /// What was being done.
+        op: Op,
+        /// The image's reference.
         reference: String,
-        /// What went wrong, from the registry client.
+        /// What went wrong, naming the endpoint.
         message: String,
         /// The kind of failure.
         kind: ErrorKind,
     },
     /// Content whose digest or diff_id is not what the manifest or config promised.
-    #[error("pull {reference}: {what} {expected}: digest mismatch (got {actual})")]
+    #[error("{op} {reference}: {what} {expected}: digest mismatch (got {actual})")]
     DigestMismatch {
-        /// The reference being pulled.
+        /// What was being done.
+        op: Op,
+        /// The image's reference.
         reference: String,
         /// Which object: "layer", "config", "manifest", "diff_id of layer".
         what: &'static str,
@@ -62,17 +85,21 @@ pub enum ImageError {
         actual: String,
     },
     /// A manifest, index or config that is not what the specs allow.
-    #[error("pull {reference}: {message}")]
+    #[error("{op} {reference}: {message}")]
     BadContent {
-        /// The reference being pulled.
+        /// What was being done.
+        op: Op,
+        /// The image's reference.
         reference: String,
         /// What is wrong with it.
         message: String,
     },
     /// A layer failed to unpack.
-    #[error("pull {reference}: layer {digest}: {source}")]
+    #[error("{op} {reference}: layer {digest}: {source}")]
     Unpack {
-        /// The reference being pulled.
+        /// What was being done.
+        op: Op,
+        /// The image's reference.
         reference: String,
         /// The layer's compressed digest.
         digest: String,
@@ -81,9 +108,11 @@ pub enum ImageError {
         source: crate::unpack::UnpackError,
     },
     /// A manifest, config or blob larger than it may be.
-    #[error("pull {reference}: {what} is larger than {limit} bytes ({rule})")]
+    #[error("{op} {reference}: {what} is larger than {limit} bytes ({rule})")]
     TooLarge {
-        /// The reference being pulled.
+        /// What was being done.
+        op: Op,
+        /// The image's reference.
         reference: String,
         /// Which object, naming its digest when known.
         what: String,
@@ -92,12 +121,23 @@ pub enum ImageError {
         /// Where the cap comes from: a setting's name, or why it is fixed.
         rule: &'static str,
     },
+    /// containerd, imported from, cannot be reached or refused a request that concerns
+    /// no image in particular (the namespace, the image list, the lease).
+    #[error("containerd {endpoint}: {message}")]
+    Containerd {
+        /// The endpoint as given.
+        endpoint: String,
+        /// What went wrong.
+        message: String,
+        /// The kind of failure.
+        kind: ErrorKind,
+    },
     /// The pull ran past its deadline.
     #[error("pull {0}: deadline exceeded")]
     DeadlineExceeded(String),
-    /// The pull was cancelled.
-    #[error("pull {0}: cancelled")]
-    Cancelled(String),
+    /// The pull or import was cancelled.
+    #[error("{0} {1}: cancelled")]
+    Cancelled(Op, String),
     /// The metadata store failed.
     #[error("image store: {0}")]
     Store(String),
@@ -121,9 +161,9 @@ impl ImageError {
         match self {
             ImageError::InvalidReference { .. } => ErrorKind::InvalidArgument,
             ImageError::NotFound(_) => ErrorKind::NotFound,
-            ImageError::Registry { kind, .. } => *kind,
+            ImageError::Source { kind, .. } | ImageError::Containerd { kind, .. } => *kind,
             ImageError::DeadlineExceeded(_) => ErrorKind::DeadlineExceeded,
-            ImageError::Cancelled(_) => ErrorKind::Cancelled,
+            ImageError::Cancelled(..) => ErrorKind::Cancelled,
             ImageError::Hosts(_) => ErrorKind::FailedPrecondition,
             ImageError::TooLarge { .. }
             | ImageError::Unpack {
@@ -142,11 +182,13 @@ impl ImageError {
     /// registry cannot know (such as credentials we chose not to send).
     pub(crate) fn with_hint(self, hint: &str) -> Self {
         match self {
-            ImageError::Registry {
+            ImageError::Source {
+                op,
                 reference,
                 message,
                 kind,
-            } => ImageError::Registry {
+            } => ImageError::Source {
+                op,
                 reference,
                 message: format!("{message} ({hint})"),
                 kind,

@@ -1,20 +1,24 @@
-//! Images: references, the registry client, safe layer unpacking, the layer store and
-//! image records.
+//! Images: references, the registry client, imports from containerd, safe layer
+//! unpacking, the layer store and image records.
 //!
-//! [`ImageService`] is the whole of it as the daemon sees it: pull, list, look up,
-//! remove, and the usage numbers of ImageFsInfo. Every read is served from memory; the
+//! [`ImageService`] is the whole of it as the daemon sees it: pull, import, list, look
+//! up, remove, and the usage numbers of ImageFsInfo. Every read is served from memory; the
 //! records live in the daemon's redb database, in the tables this crate owns
 //! (`images`, `layers`).
 #![deny(missing_docs)]
 
+mod containerd;
 pub mod error;
+mod fetch;
 pub mod hosts;
 pub mod layers;
 mod manifest;
 mod pull;
 pub mod reference;
 pub mod registry;
+mod registry_manifest;
 pub mod rootfs;
+mod source;
 pub mod store;
 pub mod unpack;
 
@@ -25,11 +29,13 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use redb::Database;
 use tokio_util::sync::CancellationToken;
 
-pub use error::{ErrorKind, ImageError, Result};
+pub use containerd::{Containerd, ImportOutcome};
+pub use error::{ErrorKind, ImageError, Op, Result};
 use layers::LayerStore;
 use reference::{ImageRef, is_image_id};
 use registry::Registries;
 pub use registry::{Credentials, RegistryOptions};
+use source::{BlobSource, Job};
 use store::ImageIndex;
 pub use store::{ImageRecord, LayerRef};
 
@@ -121,15 +127,15 @@ impl ImageService {
         cancel: CancellationToken,
     ) -> Result<PullOutcome> {
         let image = ImageRef::parse(reference)?;
-        let name = image.to_string();
+        let job = Job::new(Op::Pull, image.to_string());
         let mut last_error = None;
         let mut resolved = None;
         for route in self.registries.routes(&image, auth)? {
             let endpoint = route.endpoint.clone();
             let withheld = route.withheld.clone();
             let attempt = tokio::select! {
-                r = pull::resolve(&image, route) => r,
-                _ = cancel.cancelled() => return Err(ImageError::Cancelled(name)),
+                r = pull::resolve(&job, route) => r,
+                _ = cancel.cancelled() => return Err(job.cancelled()),
             };
             match attempt {
                 Ok(r) => {
@@ -141,16 +147,32 @@ impl ImageService {
                         Some(why) => e.with_hint(&why),
                         None => e,
                     };
-                    tracing::debug!(image = %name, %endpoint, error = %e, "endpoint failed");
+                    tracing::debug!(image = %job.name, %endpoint, error = %e, "endpoint failed");
                     last_error = Some(e);
                 }
             }
         }
-        let resolved = match (resolved, last_error) {
+        let (resolved, source) = match (resolved, last_error) {
             (Some(r), _) => r,
             (None, Some(e)) => return Err(e),
-            (None, None) => return Err(ImageError::NotFound(name)),
+            (None, None) => return Err(ImageError::NotFound(job.name)),
         };
+        self.install(&job, &image, Arc::new(source), resolved, cancel)
+            .await
+    }
+
+    /// Streams the layers of a resolved image from `source` into the layer store and
+    /// records the image under `image`'s names: the end of a pull and of an import.
+    /// On failure nothing of it is left: no record, and the layers it committed are
+    /// collected.
+    async fn install<S: BlobSource>(
+        &self,
+        job: &Job,
+        image: &ImageRef,
+        source: Arc<S>,
+        resolved: manifest::Resolved,
+        cancel: CancellationToken,
+    ) -> Result<PullOutcome> {
         let lease = self
             .layers
             .lease(resolved.layers.iter().map(|l| l.diff_id.clone()));
@@ -161,35 +183,45 @@ impl ImageService {
                 options.max_image_unpacked_bytes,
             ))),
         };
-        let fetched = pull::fetch_layers(&self.layers, &name, &resolved, &limits, &cancel).await;
+        let fetched = fetch::fetch_layers(
+            &self.layers,
+            job,
+            &source,
+            &resolved.layers,
+            &limits,
+            &cancel,
+        )
+        .await;
         let outcome = match fetched {
             Ok(bytes) if !cancel.is_cancelled() => {
-                self.commit(&image, resolved)
-                    .await
-                    .map(|image| PullOutcome {
-                        image,
-                        bytes_downloaded: bytes,
-                    })
+                self.commit(image, resolved).await.map(|image| PullOutcome {
+                    image,
+                    bytes_downloaded: bytes,
+                })
             }
-            Ok(_) => Err(ImageError::Cancelled(name)),
+            Ok(_) => Err(job.cancelled()),
             Err(e) => Err(e),
         };
         drop(lease);
         if outcome.is_err() {
-            // Layers this pull committed but no image records are garbage now.
+            // Layers this job committed but no image records are garbage now.
             let meta = self.meta.lock().await;
             match self.collect_layers().await {
                 Ok(collected) => {
                     drop(meta);
                     delete_collected(collected).await;
                 }
-                Err(e) => tracing::warn!(error = %e, "layer cleanup after a failed pull"),
+                Err(e) => tracing::warn!(error = %e, "layer cleanup after a failed {}", job.op),
             }
         }
         outcome
     }
 
-    async fn commit(&self, image: &ImageRef, resolved: pull::Resolved) -> Result<Arc<ImageRecord>> {
+    async fn commit(
+        &self,
+        image: &ImageRef,
+        resolved: manifest::Resolved,
+    ) -> Result<Arc<ImageRecord>> {
         let size =
             resolved.config.len() as u64 + resolved.layers.iter().map(|l| l.size).sum::<u64>();
         let mut names = Vec::new();

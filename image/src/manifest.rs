@@ -1,225 +1,358 @@
-//! Fetching a manifest or index by tag or digest with a bounded, streaming read.
-//!
-//! oci-client reads a manifest response whole before handing it over, so a hostile
-//! registry could make crustd buffer an endless body. Here a too-large
-//! `Content-Length` is refused before the body is read, and the body is read chunk by
-//! chunk up to the cap and not one chunk further; error bodies are bounded too.
-//!
-//! Authentication stays oci-client's: on a 401 its `auth` runs the token dance (bearer
-//! challenge from `/v2/`, basic fallback) and caches the token for the blob fetches
-//! that follow; the header that earned a manifest is kept per repository so the next
-//! pull of it needs no new dance until the registry refuses it.
+//! From a top-level manifest to what an image is made of: this host's platform chosen
+//! from an index, the config fetched and verified, the layers with their diff_ids.
+//! Shared by the pull and the import; the bytes come from a [`BlobSource`].
 
-use bytes::{Bytes, BytesMut};
-use oci_client::errors::{OciDistributionError, OciEnvelope};
-use oci_client::secrets::RegistryAuth;
-use oci_client::{Reference, RegistryOperation};
-use reqwest::StatusCode;
-use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderValue};
+use bytes::Bytes;
+use futures_util::TryStreamExt;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
 
-use crate::error::{ErrorKind, ImageError, Result};
-use crate::registry::{Route, error_chain, registry_error};
+use crate::error::{ErrorKind, Result};
+use crate::reference::is_sha256_digest;
+use crate::source::{BlobSource, Job};
+use crate::store::LayerRef;
 
-/// How much of an error response is read for its message.
-const MAX_ERROR_BODY_BYTES: usize = 64 << 10;
+pub(crate) const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub(crate) const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+pub(crate) const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub(crate) const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 
-/// What a manifest fetch returns.
-pub(crate) struct Fetched {
-    /// The body, at most the cap.
-    pub(crate) body: Bytes,
-    /// The `Docker-Content-Digest` the registry sent, if any.
-    pub(crate) digest_header: Option<String>,
+/// The largest manifest, index or config accepted, as in containerd: real ones are a
+/// few KiB, and each is held in memory whole.
+pub(crate) const MAX_METADATA_BYTES: u64 = 4 << 20;
+pub(crate) const METADATA_RULE: &str = "the 4 MiB cap on manifests, indexes and configs";
+
+/// A content descriptor as manifests and indexes carry it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Descriptor {
+    #[serde(default)]
+    pub(crate) media_type: String,
+    pub(crate) digest: String,
+    #[serde(default)]
+    pub(crate) size: i64,
+    #[serde(default)]
+    pub(crate) platform: Option<Platform>,
 }
 
-/// Why a manifest fetch failed: past the cap (the caller names the cap), or otherwise.
-pub(crate) enum Failure {
-    /// The body is larger than the cap (by its Content-Length or as it streamed).
-    TooLarge,
-    /// Anything else.
-    Other(ImageError),
+/// The platform an index entry is built for.
+#[derive(Debug, Clone, Deserialize)]
+pub(crate) struct Platform {
+    #[serde(default)]
+    pub(crate) architecture: String,
+    #[serde(default)]
+    pub(crate) os: String,
+    #[serde(default)]
+    pub(crate) variant: Option<String>,
 }
 
-impl From<ImageError> for Failure {
-    fn from(e: ImageError) -> Self {
-        Failure::Other(e)
+/// An image manifest or an index, told apart by their fields.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ManifestDoc {
+    #[serde(default)]
+    schema_version: Option<u32>,
+    #[serde(default)]
+    media_type: Option<String>,
+    #[serde(default)]
+    config: Option<Descriptor>,
+    #[serde(default)]
+    layers: Option<Vec<Descriptor>>,
+    #[serde(default)]
+    manifests: Option<Vec<Descriptor>>,
+}
+
+/// The parts of an image config a pull needs.
+#[derive(Debug, Deserialize)]
+struct ConfigDoc {
+    rootfs: RootFs,
+}
+
+#[derive(Debug, Deserialize)]
+struct RootFs {
+    #[serde(default)]
+    diff_ids: Vec<String>,
+}
+
+/// What an image is made of, before its layers are fetched.
+pub(crate) struct Resolved {
+    /// The digest of what the reference names (an index's digest when it names one).
+    pub(crate) top_digest: String,
+    /// The config digest: the image id.
+    pub(crate) config_digest: String,
+    /// The config blob.
+    pub(crate) config: String,
+    /// Layers with their diff_ids, lowest first.
+    pub(crate) layers: Vec<LayerRef>,
+}
+
+/// The host's platform in the GOARCH/GOOS words that indexes use.
+pub(crate) fn host_platform() -> (&'static str, Option<&'static str>) {
+    match std::env::consts::ARCH {
+        "x86_64" => ("amd64", None),
+        "aarch64" => ("arm64", Some("v8")),
+        "arm" => ("arm", Some("v7")),
+        "x86" => ("386", None),
+        "powerpc64" => ("ppc64le", None),
+        "s390x" => ("s390x", None),
+        "riscv64" => ("riscv64", None),
+        other => (other, None),
     }
 }
 
-/// The URL oci-client would use for this manifest, so both reach the same place.
-fn manifest_url(route: &Route, reference: &Reference) -> String {
-    format!(
-        "{}://{}/v2/{}/manifests/{}{}",
-        route.scheme,
-        reference.resolve_registry(),
-        reference.repository(),
-        reference
-            .digest()
-            .unwrap_or_else(|| reference.tag().unwrap_or("latest")),
-        reference
-            .namespace()
-            .map(|ns| format!("?ns={ns}"))
-            .unwrap_or_default(),
-    )
-}
-
-/// Fetches the manifest `reference` names through `route`, reading at most `cap`
-/// bytes of it.
-pub(crate) async fn fetch(
-    image: &str,
-    route: &Route,
-    reference: &Reference,
-    accept: &[&str],
-    cap: u64,
-) -> std::result::Result<Fetched, Failure> {
-    let url = manifest_url(route, reference);
-    let registry = reference.resolve_registry().to_string();
-    // Blob fetches through oci-client authenticate with what it has stored.
-    route
-        .client
-        .store_auth_if_needed(&registry, &route.auth)
-        .await;
-    let repository = reference.repository().to_string();
-    let cached = route
-        .authorizations
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .get(&repository);
-    let mut response = send(image, route, &url, accept, cached.as_deref()).await?;
-    if response.status() == StatusCode::UNAUTHORIZED
-        && let Some(header) = authorize(image, route, reference).await?
-    {
-        response = send(image, route, &url, accept, Some(&header)).await?;
-        if response.status().is_success() {
-            route
-                .authorizations
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(repository, header);
-        }
-    }
-    let status = response.status();
-    if status != StatusCode::OK {
-        return Err(refused(image, route, &url, response).await.into());
-    }
-    if response.content_length().is_some_and(|n| n > cap) {
-        return Err(Failure::TooLarge);
-    }
-    let digest_header = response
-        .headers()
-        .get("docker-content-digest")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty())
-        .map(str::to_string);
-    let mut body = BytesMut::new();
-    loop {
-        match response.chunk().await {
-            Ok(Some(chunk)) => {
-                if (body.len() + chunk.len()) as u64 > cap {
-                    return Err(Failure::TooLarge);
-                }
-                body.extend_from_slice(&chunk);
+/// Picks this host's entry from an index: linux, our architecture, and the variant when
+/// both sides name one (arm64 entries often omit `v8`).
+pub(crate) fn choose_platform<'a>(
+    entries: &'a [Descriptor],
+    arch: &str,
+    variant: Option<&str>,
+) -> Option<&'a Descriptor> {
+    let candidates = entries.iter().filter(|d| {
+        d.platform
+            .as_ref()
+            .is_some_and(|p| p.os == "linux" && p.architecture == arch)
+    });
+    let mut fallback = None;
+    for d in candidates {
+        let theirs = d.platform.as_ref().and_then(|p| p.variant.as_deref());
+        match (theirs, variant) {
+            (Some(a), Some(b)) if a == b => return Some(d),
+            (None, _) | (_, None) => {
+                fallback.get_or_insert(d);
             }
-            Ok(None) => break,
-            Err(e) => return Err(transport(image, route, &e).into()),
+            _ => {}
         }
     }
-    Ok(Fetched {
-        body: body.freeze(),
-        digest_header,
+    fallback
+}
+
+/// `sha256:<hex>` of `bytes`.
+pub(crate) fn sha256_of(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+/// Fetches the manifest or index `digest` of `size` bytes (as its descriptor says)
+/// through `source`, refusing one past the cap before asking for it and checking its
+/// length and digest after.
+pub(crate) async fn fetch_manifest<S: BlobSource>(
+    job: &Job,
+    source: &S,
+    digest: &str,
+    size: u64,
+) -> Result<Bytes> {
+    if !is_sha256_digest(digest) {
+        return Err(job.bad(format!("bad manifest digest {digest:?}")));
+    }
+    let too_large = || {
+        job.too_large(
+            format!("manifest {digest}"),
+            MAX_METADATA_BYTES,
+            METADATA_RULE,
+        )
+    };
+    if size > MAX_METADATA_BYTES {
+        return Err(too_large());
+    }
+    let bytes = source.manifest(job, digest, size).await?;
+    if bytes.len() as u64 > MAX_METADATA_BYTES {
+        return Err(too_large());
+    }
+    let actual = sha256_of(&bytes);
+    if actual != digest {
+        return Err(job.mismatch("manifest", digest, actual));
+    }
+    Ok(bytes)
+}
+
+/// Resolves the top-level manifest or index `top` (whose digest is `top_digest`) down
+/// to a config and a layer list, fetching what it points to through `source`.
+pub(crate) async fn resolve<S: BlobSource>(
+    job: &Job,
+    source: &S,
+    top: Bytes,
+    top_digest: String,
+) -> Result<Resolved> {
+    let mut doc: ManifestDoc =
+        serde_json::from_slice(&top).map_err(|e| job.bad(format!("manifest {top_digest}: {e}")))?;
+    if doc.schema_version == Some(1) {
+        return Err(job.bad("docker schema 1 manifests are not supported"));
+    }
+    if let Some(entries) = doc.manifests.take() {
+        let (arch, variant) = host_platform();
+        let entry = choose_platform(&entries, arch, variant).ok_or_else(|| {
+            job.source_error(
+                format!("index {top_digest} has no manifest for linux/{arch}"),
+                ErrorKind::NotFound,
+            )
+        })?;
+        let bytes = fetch_manifest(job, source, &entry.digest, entry.size.max(0) as u64).await?;
+        doc = serde_json::from_slice(&bytes)
+            .map_err(|e| job.bad(format!("manifest {}: {e}", entry.digest)))?;
+        if doc.manifests.is_some() {
+            return Err(job.bad(format!(
+                "manifest {}: an index inside an index",
+                entry.digest
+            )));
+        }
+    }
+    if let Some(mt) = doc.media_type.as_deref()
+        && mt != OCI_MANIFEST
+        && mt != DOCKER_MANIFEST
+    {
+        return Err(job.bad(format!("unsupported manifest media type {mt}")));
+    }
+    let (Some(config), Some(layers)) = (doc.config, doc.layers) else {
+        return Err(job.bad("manifest has no config or no layers"));
+    };
+    if !is_sha256_digest(&config.digest) {
+        return Err(job.bad(format!("config has a bad digest {:?}", config.digest)));
+    }
+    if config.size.max(0) as u64 > MAX_METADATA_BYTES {
+        return Err(job.too_large(
+            format!("config {}", config.digest),
+            MAX_METADATA_BYTES,
+            METADATA_RULE,
+        ));
+    }
+    let config_bytes = fetch_config(job, source, &config).await?;
+    let actual = sha256_of(&config_bytes);
+    if actual != config.digest {
+        return Err(job.mismatch("config", &config.digest, actual));
+    }
+    let config_text =
+        String::from_utf8(config_bytes).map_err(|_| job.bad("config is not utf-8"))?;
+    let parsed: ConfigDoc = serde_json::from_str(&config_text)
+        .map_err(|e| job.bad(format!("config {}: {e}", config.digest)))?;
+    if parsed.rootfs.diff_ids.len() != layers.len() {
+        return Err(job.bad(format!(
+            "config lists {} diff_ids for {} layers",
+            parsed.rootfs.diff_ids.len(),
+            layers.len()
+        )));
+    }
+    let mut layer_refs = Vec::with_capacity(layers.len());
+    for (layer, diff_id) in layers.iter().zip(parsed.rootfs.diff_ids) {
+        if !is_sha256_digest(&layer.digest) || !is_sha256_digest(&diff_id) {
+            return Err(job.bad(format!(
+                "layer {} / diff_id {diff_id}: bad digest",
+                layer.digest
+            )));
+        }
+        if !is_layer_media_type(&layer.media_type) {
+            return Err(job.bad(format!(
+                "layer {}: unsupported media type {}",
+                layer.digest, layer.media_type
+            )));
+        }
+        layer_refs.push(LayerRef {
+            diff_id,
+            digest: layer.digest.clone(),
+            size: layer.size.max(0) as u64,
+        });
+    }
+    Ok(Resolved {
+        top_digest,
+        config_digest: config.digest,
+        config: config_text,
+        layers: layer_refs,
     })
 }
 
-async fn send(
-    image: &str,
-    route: &Route,
-    url: &str,
-    accept: &[&str],
-    authorization: Option<&str>,
-) -> Result<reqwest::Response> {
-    let mut request = route.http.get(url).header(ACCEPT, accept.join(", "));
-    if let Some(value) = authorization.and_then(|a| HeaderValue::from_str(a).ok()) {
-        let mut value = value;
-        value.set_sensitive(true);
-        request = request.header(AUTHORIZATION, value);
-    }
-    request
-        .send()
-        .await
-        .map_err(|e| transport(image, route, &e))
-}
-
-/// The `Authorization` header to retry a refused request with, from oci-client's token
-/// dance; `None` when there is nothing to offer (an anonymous pull the registry wants
-/// credentials for).
-async fn authorize(image: &str, route: &Route, reference: &Reference) -> Result<Option<String>> {
-    match route
-        .client
-        .auth(reference, &route.auth, RegistryOperation::Pull)
-        .await
-    {
-        Ok(Some(token)) => Ok(Some(format!("Bearer {token}"))),
-        // No bearer challenge: the registry wants basic credentials, or none we have.
-        Ok(None) => Ok(match &route.auth {
-            RegistryAuth::Basic(user, pass) => {
-                use base64::Engine;
-                let pair =
-                    base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
-                Some(format!("Basic {pair}"))
+/// Fetches the config blob, reading no more than its descriptor's size.
+async fn fetch_config<S: BlobSource>(
+    job: &Job,
+    source: &S,
+    config: &Descriptor,
+) -> Result<Vec<u8>> {
+    let size = config.size.max(0) as u64;
+    let mut blob = source.blob(job, &config.digest, size).await?;
+    let mut out = Vec::with_capacity(size as usize);
+    loop {
+        match blob.stream.try_next().await {
+            Ok(Some(bytes)) => {
+                if (out.len() + bytes.len()) as u64 > size {
+                    return Err(job.too_large(
+                        format!("config {}", config.digest),
+                        size,
+                        "the size its descriptor gives",
+                    ));
+                }
+                out.extend_from_slice(&bytes);
             }
-            _ => None,
-        }),
-        Err(e) => Err(registry_error(image, &route.endpoint, e)),
-    }
-}
-
-/// The error for a response other than 200, its body read no further than
-/// [`MAX_ERROR_BODY_BYTES`]; mapped as oci-client's own errors are.
-async fn refused(
-    image: &str,
-    route: &Route,
-    url: &str,
-    mut response: reqwest::Response,
-) -> ImageError {
-    let status = response.status();
-    let json = response
-        .headers()
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.contains("json"));
-    let mut body = Vec::new();
-    while body.len() < MAX_ERROR_BODY_BYTES {
-        match response.chunk().await {
-            Ok(Some(chunk)) => {
-                let room = MAX_ERROR_BODY_BYTES - body.len();
-                body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            Ok(None) => break,
+            // The digest check below names both digests.
+            Err(e) if e.digest_check => break,
+            Err(e) => {
+                return Err(job.source_error(
+                    format!(
+                        "{}: config {}: {}",
+                        source.origin(),
+                        config.digest,
+                        e.message
+                    ),
+                    ErrorKind::Unavailable,
+                ));
             }
-            Ok(None) | Err(_) => break,
         }
     }
-    let url = url.to_string();
-    let envelope = serde_json::from_slice::<OciEnvelope>(&body).ok();
-    let e = match (status, envelope) {
-        (StatusCode::UNAUTHORIZED, _) => OciDistributionError::UnauthorizedError { url },
-        (s, _) if s.is_success() => {
-            OciDistributionError::SpecViolationError(format!("expected HTTP status 200, got {s}"))
-        }
-        (s, Some(envelope)) if s.is_client_error() && (json || !envelope.errors.is_empty()) => {
-            OciDistributionError::RegistryError { envelope, url }
-        }
-        (s, _) => OciDistributionError::ServerError {
-            code: s.as_u16(),
-            url,
-            message: String::from_utf8_lossy(&body).into_owned(),
-        },
-    };
-    registry_error(image, &route.endpoint, e)
+    Ok(out)
 }
 
-/// A connection, TLS or timeout error: the registry may do better next time.
-fn transport(image: &str, route: &Route, e: &reqwest::Error) -> ImageError {
-    ImageError::Registry {
-        reference: image.to_string(),
-        message: format!("{}: manifest: {}", route.endpoint, error_chain(e)),
-        kind: ErrorKind::Unavailable,
+fn is_layer_media_type(mt: &str) -> bool {
+    // Compression is sniffed from the bytes, so any tar layer type is accepted.
+    mt.starts_with("application/vnd.oci.image.layer.")
+        || mt.starts_with("application/vnd.docker.image.rootfs.")
+        || mt.is_empty()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(arch: &str, variant: Option<&str>, digest: &str) -> Descriptor {
+        Descriptor {
+            media_type: OCI_MANIFEST.into(),
+            digest: digest.into(),
+            size: 1,
+            platform: Some(Platform {
+                architecture: arch.into(),
+                os: "linux".into(),
+                variant: variant.map(str::to_string),
+            }),
+        }
+    }
+
+    #[test]
+    fn platform_choice_prefers_exact_variant() {
+        let entries = vec![
+            entry("amd64", None, "a"),
+            entry("arm", Some("v6"), "b"),
+            entry("arm", Some("v7"), "c"),
+            entry("arm64", None, "d"),
+        ];
+        assert_eq!(
+            choose_platform(&entries, "amd64", None).unwrap().digest,
+            "a"
+        );
+        assert_eq!(
+            choose_platform(&entries, "arm", Some("v7")).unwrap().digest,
+            "c"
+        );
+        assert_eq!(
+            choose_platform(&entries, "arm64", Some("v8"))
+                .unwrap()
+                .digest,
+            "d"
+        );
+        assert!(choose_platform(&entries, "s390x", None).is_none());
+        let windows = vec![Descriptor {
+            platform: Some(Platform {
+                architecture: "amd64".into(),
+                os: "windows".into(),
+                variant: None,
+            }),
+            ..entry("amd64", None, "w")
+        }];
+        assert!(choose_platform(&windows, "amd64", None).is_none());
     }
 }

@@ -30,7 +30,7 @@ use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 use sha2::{Digest, Sha256};
 
-use crate::error::{ErrorKind, ImageError, Result};
+use crate::error::{ErrorKind, ImageError, Op, Result};
 use crate::hosts::{self, RegistryEndpoint, Scheme};
 use crate::reference::ImageRef;
 
@@ -107,7 +107,8 @@ impl Credentials {
             return Ok(RegistryAuth::Basic(String::new(), self.password.clone()));
         }
         if !self.auth.is_empty() {
-            let bad = |why: &str| ImageError::Registry {
+            let bad = |why: &str| ImageError::Source {
+                op: Op::Pull,
                 reference: reference.to_string(),
                 message: format!("auth: {why}"),
                 kind: ErrorKind::InvalidArgument,
@@ -224,7 +225,7 @@ struct ClientKey {
 #[derive(Clone)]
 pub(crate) struct Route {
     pub(crate) client: Client,
-    /// The HTTP client manifests are fetched with (see [`crate::manifest`]).
+    /// The HTTP client manifests are fetched with (see [`crate::registry_manifest`]).
     pub(crate) http: reqwest::Client,
     /// `Authorization` headers earned before, per repository, for manifest fetches.
     pub(crate) authorizations: Authorizations,
@@ -412,7 +413,8 @@ impl Registries {
             });
         }
         if routes.is_empty() {
-            return Err(ImageError::Registry {
+            return Err(ImageError::Source {
+                op: Op::Pull,
                 reference: image.to_string(),
                 message: format!("no endpoint of {} may pull", image.registry()),
                 kind: ErrorKind::FailedPrecondition,
@@ -438,7 +440,8 @@ impl Registries {
         if let Some(client) = clients.get(&key) {
             return Ok(client);
         }
-        let bad_ca = |ca: &std::path::Path, why: String| ImageError::Registry {
+        let bad_ca = |ca: &std::path::Path, why: String| ImageError::Source {
+            op: Op::Pull,
             reference: reference.to_string(),
             message: format!("ca file {}: {why}", ca.display()),
             kind: ErrorKind::FailedPrecondition,
@@ -462,7 +465,8 @@ impl Registries {
                 data,
             });
         }
-        let http = http.build().map_err(|e| ImageError::Registry {
+        let http = http.build().map_err(|e| ImageError::Source {
+            op: Op::Pull,
             reference: reference.to_string(),
             message: format!("http client for {}: {}", ep.host, error_chain(&e)),
             kind: ErrorKind::Internal,
@@ -539,7 +543,8 @@ pub(crate) fn registry_error(
         OciDistributionError::DigestError(_) => ErrorKind::Internal,
         _ => ErrorKind::Internal,
     };
-    ImageError::Registry {
+    ImageError::Source {
+        op: Op::Pull,
         reference: reference.to_string(),
         message: format!("{endpoint}: {}", error_chain(&e)),
         kind,
