@@ -240,9 +240,15 @@ async fn serve(config: Arc<Config>) -> anyhow::Result<()> {
     // The root holds nothing another user may see: 0700. The state directory is 0711
     // as containerd makes /run/containerd: the CRI socket lives there by default and
     // its own mode (0660) decides who may connect, so others may pass through without
-    // listing; everything below it is 0700 (the umask).
+    // listing; everything below it is 0700 (the umask), but for the few directories
+    // the runtime passes through as a user-namespaced pod's root (0711; see fsmode).
     for (dir, mode) in [(&config.root, 0o700), (&config.state, 0o711)] {
         crust_runtime::fsmode::private_dir(dir, mode)
+            .with_context(|| format!("create {}", dir.display()))?;
+    }
+    for sub in crust_runtime::fsmode::TRAVERSED_STATE_DIRS {
+        let dir = config.state.join(sub);
+        crust_runtime::fsmode::private_dir(&dir, 0o711)
             .with_context(|| format!("create {}", dir.display()))?;
     }
     let listener = server::bind(&config.listen).await?;

@@ -61,7 +61,7 @@ pub async fn sweep(services: &Services) -> anyhow::Result<()> {
         tracing::info!(count = doomed.len(), dir = %dir.display(), "removing state that no record owns");
         tokio::task::spawn_blocking(move || {
             for path in doomed {
-                crust_runtime::rro::unstage(&path);
+                crust_runtime::staging::unstage(&path);
                 if let Err(e) = std::fs::remove_dir_all(&path) {
                     tracing::warn!(path = %path.display(), error = %e, "remove orphaned state");
                 }

@@ -337,7 +337,7 @@ async fn status_advertises_each_handlers_features() {
             handler.features,
             Some(cri::RuntimeHandlerFeatures {
                 recursive_read_only_mounts: true,
-                user_namespaces: false,
+                user_namespaces: true,
             }),
             "{handler:?}"
         );
@@ -452,7 +452,7 @@ async fn recursive_read_only_mounts() {
     let rro = p.run(config).await;
     let staged: Vec<String> = support::cni::mounts_under(p.d.dir())
         .into_iter()
-        .filter(|m| m.contains("/rro/"))
+        .filter(|m| m.contains("/staged/"))
         .collect();
     assert!(
         staged.is_empty(),
@@ -515,7 +515,7 @@ async fn recursive_read_only_mounts() {
     }
     let left: Vec<String> = support::cni::mounts_under(p.d.dir())
         .into_iter()
-        .filter(|m| m.contains("/containers/") || m.contains("/rro/"))
+        .filter(|m| m.contains("/containers/") || m.contains("/staged/"))
         .collect();
     assert!(left.is_empty(), "{left:?}");
 }

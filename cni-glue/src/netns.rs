@@ -66,6 +66,23 @@ impl NetNs {
         Ok(NetNs { path })
     }
 
+    /// Pins the network namespace at `source` (another process's `ns/net`, e.g. one
+    /// made inside a pod's user namespace) at `<dir>/<name>` and brings its `lo` up;
+    /// otherwise as [`NetNs::create`].
+    pub fn adopt(dir: &Path, name: &str, source: &Path) -> Result<NetNs> {
+        validate_name(name)?;
+        let path = dir.join(name);
+        pin(source, &path)?;
+        let up = run_in_netns(&path, crate::loopback::bring_up_in_current_netns)
+            .and_then(|r| r.map_err(|source| netns_err(&path, "bring up lo", source)));
+        if let Err(err) = up {
+            let _ = remove(&path);
+            return Err(err);
+        }
+        tracing::debug!(path = %path.display(), "pinned network namespace");
+        Ok(NetNs { path })
+    }
+
     /// Refers to an existing pinned namespace (for example one found after a restart).
     pub fn from_path(path: impl Into<PathBuf>) -> NetNs {
         NetNs { path: path.into() }
@@ -80,6 +97,38 @@ impl NetNs {
     pub fn remove(&self) -> Result<()> {
         remove(&self.path)
     }
+}
+
+/// Pins the namespace file `source` (any kind: `/proc/<pid>/ns/<kind>`) by
+/// bind-mounting it onto a new file `target`, in a directory made a shared mountpoint
+/// as for network namespaces. Undo with [`remove`]. Fails with `AlreadyExists` when
+/// `target` is there.
+pub fn pin(source: &Path, target: &Path) -> Result<()> {
+    let dir = target
+        .parent()
+        .ok_or_else(|| CniError::Internal(format!("{}: no parent", target.display())))?;
+    fs::create_dir_all(dir).map_err(|source| netns_err(dir, "create directory", source))?;
+    ensure_shared_mountpoint(dir)?;
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o444)
+        .open(target)
+        .map_err(|e| match e.kind() {
+            io::ErrorKind::AlreadyExists => CniError::NetnsExists(target.to_path_buf()),
+            _ => netns_err(target, "create mountpoint file", e),
+        })?;
+    if let Err(errno) = nix::mount::mount(
+        Some(source),
+        target,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    ) {
+        let _ = fs::remove_file(target);
+        return Err(netns_err(target, "bind mount", errno.into()));
+    }
+    Ok(())
 }
 
 /// Unmounts (lazily) and deletes a pinned namespace file. An absent one is not an error.

@@ -370,13 +370,16 @@ impl ImageService {
     }
 
     /// Creates and mounts a container's root filesystem at `mountpoint`: the image's
-    /// layers under a writable layer of its own (in `root/containers/<id>`). The layers
-    /// stay pinned until [`ImageService::remove_rootfs`].
+    /// layers under a writable layer of its own (in `root/containers/<id>`). With
+    /// `idmap` (a pod with its own user namespace) the layers are shown through those
+    /// mappings, so the host's root files are the container root's, and the writable
+    /// layer is that root's. The layers stay pinned until [`ImageService::remove_rootfs`].
     pub async fn create_rootfs(
         &self,
         image: &ImageRecord,
         container_id: &str,
         mountpoint: &std::path::Path,
+        idmap: Option<crust_util::userns::IdMappings>,
     ) -> Result<PathBuf> {
         let _meta = self.meta.lock().await;
         if let Some(missing) = image
@@ -393,6 +396,7 @@ impl ImageService {
             diff_ids: image.layers.iter().map(|l| l.diff_id.clone()).collect(),
             mountpoint: mountpoint.to_path_buf(),
             rw_dir: self.containers_dir.join(container_id),
+            idmap,
         };
         // Pinned in memory under the lock, which is all a collection looks at; the
         // durable pin and the mount follow without it, so creates mount in parallel.
@@ -535,7 +539,57 @@ fn mount_pin(pin: &rootfs::Pin, lower: &[PathBuf]) -> Result<PathBuf> {
         std::fs::set_permissions(&upper, std::fs::Permissions::from_mode(0o755))
             .map_err(|e| ImageError::io(format!("chmod {}", upper.display()), e))?;
     }
-    let options = rootfs::overlay_options(lower, &upper, &work)?;
+    let Some(maps) = &pin.idmap else {
+        let options = rootfs::overlay_options(lower, &upper, &work)?;
+        rootfs::mount_overlay(&options, &pin.mountpoint).map_err(|e| {
+            ImageError::io(format!("mount rootfs at {}", pin.mountpoint.display()), e)
+        })?;
+        return Ok(pin.mountpoint.clone());
+    };
+    // The writable layer is the namespace root's, as its `/` (containerd chowns its
+    // snapshot the same way); what the container writes lands there with host ids.
+    let (uid, gid) = maps
+        .host_root()
+        .ok_or_else(|| ImageError::Store("user namespace mappings do not map root".into()))?;
+    std::os::unix::fs::chown(&upper, Some(uid), Some(gid))
+        .map_err(|e| ImageError::io(format!("chown {}", upper.display()), e))?;
+    let staging = pin.rw_dir.join("lower");
+    let result = mount_idmapped(pin, maps, lower, &staging, &upper, &work);
+    // Overlayfs holds private clones of its layers: the staged ones go either way.
+    rootfs::unstage_lower(&staging);
+    result
+}
+
+/// Mounts the overlay of `pin` over idmapped clones of `lower`, attached below
+/// `staging` for the mount call. Blocking.
+fn mount_idmapped(
+    pin: &rootfs::Pin,
+    maps: &crust_util::userns::IdMappings,
+    lower: &[PathBuf],
+    staging: &std::path::Path,
+    upper: &std::path::Path,
+    work: &std::path::Path,
+) -> Result<PathBuf> {
+    let ns = maps
+        .open_userns()
+        .map_err(|e| ImageError::io("make a user namespace for idmapped layers", e))?;
+    let mut staged = Vec::with_capacity(lower.len());
+    for (i, layer) in lower.iter().enumerate() {
+        let target = staging.join(i.to_string());
+        std::fs::create_dir_all(&target)
+            .map_err(|e| ImageError::io(format!("create {}", target.display()), e))?;
+        crust_util::mount_tree::attach(
+            layer,
+            &target,
+            crust_util::mount_tree::TreeAttrs {
+                idmap: Some(std::os::fd::AsFd::as_fd(&ns)),
+                ..Default::default()
+            },
+        )
+        .map_err(|e| ImageError::io(format!("idmapped mount of {}", layer.display()), e))?;
+        staged.push(target);
+    }
+    let options = rootfs::overlay_options(&staged, upper, work)?;
     rootfs::mount_overlay(&options, &pin.mountpoint)
         .map_err(|e| ImageError::io(format!("mount rootfs at {}", pin.mountpoint.display()), e))?;
     Ok(pin.mountpoint.clone())

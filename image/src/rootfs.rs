@@ -31,6 +31,10 @@ pub struct Pin {
     pub mountpoint: PathBuf,
     /// The writable layer (`upper`) and overlay's work directory live here.
     pub rw_dir: PathBuf,
+    /// The user namespace mappings the layers are shown through (a pod with its own
+    /// user namespace); `None`: as they are.
+    #[serde(default)]
+    pub idmap: Option<crust_util::userns::IdMappings>,
 }
 
 /// Loads every pin.
@@ -122,6 +126,22 @@ pub(crate) fn mount_overlay(options: &str, target: &Path) -> std::io::Result<()>
         options.as_c_str(),
     )
     .map_err(std::io::Error::from)
+}
+
+/// Detaches and removes the staged idmapped layers below `staging` (after the overlay
+/// mount, or a failed one); absent is fine. Blocking.
+pub(crate) fn unstage_lower(staging: &Path) {
+    let Ok(entries) = fs::read_dir(staging) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if let Err(e) = unmount(&path) {
+            tracing::warn!(path = %path.display(), error = %e, "detach a staged layer");
+        }
+        let _ = fs::remove_dir(&path);
+    }
+    let _ = fs::remove_dir(staging);
 }
 
 /// Unmounts `target` if it is mounted; absent is fine.

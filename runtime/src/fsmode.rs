@@ -92,6 +92,22 @@ pub fn private_dir(path: &Path, mode: u32) -> io::Result<()> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
 }
 
+/// The directories below the state directory that the OCI runtime passes through as a
+/// pod's root when the pod has its own user namespace (to the rootfs mountpoints, the
+/// bundles' staged mounts, the pod's /dev/shm): 0711, passable without listing; what
+/// lies below each is [`userns_dir`] or 0700.
+pub const TRAVERSED_STATE_DIRS: [&str; 5] =
+    ["containers", "bundles", "sandboxes", "pause", "pause-rootfs"];
+
+/// Makes `path` (created if missing) root:`gid` 0710: the processes of a pod whose
+/// user namespace maps its root to host gid `gid` may pass through it (runc does, as
+/// that root, to reach the rootfs and the bind mounts), no other user may.
+pub fn userns_dir(path: &Path, gid: u32) -> io::Result<()> {
+    std::fs::create_dir_all(path)?;
+    std::os::unix::fs::chown(path, Some(0), Some(gid))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o710))
+}
+
 /// Writes `data` to a new or truncated file `path` readable by root only (exec specs
 /// carry the container's environment).
 pub fn write_private(path: &Path, data: &[u8]) -> io::Result<()> {

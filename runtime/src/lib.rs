@@ -29,7 +29,7 @@ pub mod oci;
 pub mod oci_version;
 pub mod pause;
 pub mod pause_spec;
-pub mod rro;
+pub mod staging;
 pub mod spec;
 pub mod stats;
 

@@ -33,6 +33,14 @@ use record::name_key;
 /// Nanoseconds since the epoch, now.
 pub(crate) use crust_util::time::now_nanos;
 
+/// The user namespace mappings a pod config asks for (checked as RunPodSandbox checks
+/// them); `None`: the node's user namespace.
+pub fn user_namespace_of(
+    config: &cri::PodSandboxConfig,
+) -> Result<Option<crust_util::userns::IdMappings>> {
+    validate::pod_mappings(config)
+}
+
 /// A pause process from a pause image instead of crust's built-in one.
 #[derive(Debug, Clone)]
 pub struct PauseProcess {
@@ -328,6 +336,7 @@ impl SandboxService {
         pause: Option<PauseProcess>,
     ) -> Result<String> {
         let meta = validate::sandbox_config(&config)?;
+        let userns = validate::pod_mappings(&config)?;
         let (handler, runtime) = self.runtime(handler)?;
         if id.len() != 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(SandboxError::Invalid(format!(
@@ -367,6 +376,8 @@ impl SandboxService {
             pid: 0,
             pid_start: 0,
             cgroups_path: String::new(),
+            userns_pin: userns.is_some().then(|| self.userns_dir().join(&id)),
+            userns,
         };
         record.cgroups_path = self.cgroups_path(&record);
         let outcome = match record::put(&self.db, &record).await {
@@ -402,6 +413,10 @@ impl SandboxService {
 
     fn netns_dir(&self) -> PathBuf {
         self.options.state.join("netns")
+    }
+
+    fn userns_dir(&self) -> PathBuf {
+        self.options.state.join("userns")
     }
 
     fn bundle(&self, id: &str) -> PathBuf {
@@ -444,7 +459,33 @@ impl SandboxService {
         pause: Option<PauseProcess>,
     ) -> Result<()> {
         let id = record.id.clone();
-        if record.netns.is_some() {
+        if let (Some(maps), Some(pin)) = (record.userns, record.userns_pin.clone()) {
+            // The user namespace and, inside it, the network namespace, so that the
+            // pod's root owns its network (see crust_util::userns).
+            let (dir, name) = (self.netns_dir(), id.clone());
+            let (gid, files, bundle) = (
+                maps.gids.host_id,
+                self.files(&id).shm.parent().map(Path::to_path_buf),
+                self.bundle(&id),
+            );
+            tokio::task::spawn_blocking(move || {
+                // The pause reaches its bundle and /dev/shm as the namespace's root.
+                for dir in files.iter().chain([&bundle]) {
+                    crust_runtime::fsmode::userns_dir(dir, gid)
+                        .map_err(|e| ("pod state directory", e.to_string()))?;
+                }
+                let holder = crust_util::userns::Holder::spawn(&maps, true)
+                    .map_err(|e| ("user namespace", e.to_string()))?;
+                crust_cni::netns::pin(&holder.ns_path("user"), &pin)
+                    .map_err(|e| ("user namespace", e.to_string()))?;
+                crust_cni::netns::NetNs::adopt(&dir, &name, &holder.ns_path("net"))
+                    .map_err(|e| ("network namespace", e.to_string()))?;
+                Ok(())
+            })
+            .await
+            .map_err(|e| step(&id, "user namespace", ErrorKind::Internal, e))?
+            .map_err(|(what, e)| step(&id, what, ErrorKind::Internal, e))?;
+        } else if record.netns.is_some() {
             let dir = self.netns_dir();
             let name = id.clone();
             tokio::task::spawn_blocking(move || crust_cni::netns::NetNs::create(&dir, &name))
@@ -582,16 +623,7 @@ impl SandboxService {
             sysctls,
             oom_score_adj: pause_spec::clamp_oom_score_adj(-998),
             cpu_shares: Some(2),
-            run_as_user: (
-                security
-                    .run_as_user
-                    .map(|u| u.value as u32)
-                    .unwrap_or(65535),
-                security
-                    .run_as_group
-                    .map(|g| g.value as u32)
-                    .unwrap_or(65535),
-            ),
+            run_as_user: pause_user(&security, record.userns.as_ref()),
             supplemental_groups: security
                 .supplemental_groups
                 .iter()
@@ -600,6 +632,7 @@ impl SandboxService {
             mounts,
             annotations: BTreeMap::new(),
             privileged: security.privileged,
+            userns: record.userns.zip(record.userns_pin.clone()).map(|(m, p)| (p, m)),
         };
         let bundle = self.bundle(&id);
         std::fs::create_dir_all(&bundle)
@@ -677,13 +710,19 @@ impl SandboxService {
         pod.port_mappings = port_mappings(&record.config.port_mappings);
         let cni = Arc::clone(&self.cni);
         let netns = netns.clone();
+        let userns_pin = record.userns_pin.clone();
         let result = tokio::task::spawn_blocking(move || {
             let teardown = cni
                 .teardown(&pod)
                 .map_err(|e| format!("network teardown: {e}"));
             let remove =
                 crust_cni::netns::remove(&netns).map_err(|e| format!("network namespace: {e}"));
-            [teardown.err(), remove.err()]
+            // After the netns, which belongs to it.
+            let userns = userns_pin
+                .map(|pin| crust_cni::netns::remove(&pin))
+                .transpose()
+                .map_err(|e| format!("user namespace: {e}"));
+            [teardown.err(), remove.err(), userns.err()]
         })
         .await;
         match result {
@@ -785,6 +824,29 @@ impl SandboxService {
         }
         Ok(())
     }
+}
+
+/// The pause's uid and gid: the pod's `run_as_user`/`run_as_group`, or 65535 as
+/// containerd's pause image runs, or the namespace's root when a pod user namespace
+/// maps fewer ids than that.
+fn pause_user(
+    security: &cri::LinuxSandboxSecurityContext,
+    userns: Option<&crust_util::userns::IdMappings>,
+) -> (u32, u32) {
+    let default = |range: Option<&crust_util::userns::IdRange>| match range {
+        Some(r) if r.to_host(65535).is_none() => 0,
+        _ => 65535,
+    };
+    (
+        security
+            .run_as_user
+            .map(|u| u.value as u32)
+            .unwrap_or_else(|| default(userns.map(|m| &m.uids))),
+        security
+            .run_as_group
+            .map(|g| g.value as u32)
+            .unwrap_or_else(|| default(userns.map(|m| &m.gids))),
+    )
 }
 
 /// A held sandbox lock (see [`SandboxService::lock`]).

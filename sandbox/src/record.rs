@@ -59,6 +59,12 @@ pub struct SandboxRecord {
     pub pid_start: u64,
     /// The cgroups path the pause process runs in.
     pub cgroups_path: String,
+    /// The pod's user namespace mappings; `None`: the host's user namespace.
+    #[serde(default)]
+    pub userns: Option<crust_util::userns::IdMappings>,
+    /// Where the pod's user namespace is pinned (a bind mount of its `ns/user`).
+    #[serde(default)]
+    pub userns_pin: Option<PathBuf>,
 }
 
 impl SandboxRecord {

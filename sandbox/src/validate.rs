@@ -8,6 +8,8 @@ use std::net::IpAddr;
 use crust_proto::cri;
 use crust_runtime::pause_spec;
 
+use crust_util::userns::{IdMappings, IdRange};
+
 use crate::error::{Result, SandboxError};
 
 /// The kernel's limit (`HOST_NAME_MAX`); RFC 1123 allows longer names, Linux does not.
@@ -90,7 +92,7 @@ pub(crate) fn sandbox_config(config: &cri::PodSandboxConfig) -> Result<cri::PodS
             }
         }
         if let Some(userns) = &ns.userns_options {
-            user_namespace(userns)?;
+            user_namespace(userns, &ns)?;
         }
         if ns.pid == cri::NamespaceMode::Target as i32 {
             return Err(SandboxError::Invalid(
@@ -108,30 +110,91 @@ pub(crate) fn sandbox_config(config: &cri::PodSandboxConfig) -> Result<cri::PodS
     Ok(meta)
 }
 
-/// A pod's user namespace request: NODE (the host's, as without one) is what crust
-/// runs; POD is refused until a handler can map the rootfs and volumes (runc 1.1 has
-/// no idmapped mounts), rather than run the pod as real root while it believes
-/// otherwise; CONTAINER and TARGET are not modes a pod can have.
-pub(crate) fn user_namespace(userns: &cri::UserNamespace) -> Result<()> {
+/// A pod's user namespace request: NODE (the host's, as without one) or POD with one
+/// uid and one gid range that map the container's root (what kubelet sends and critest
+/// demands) to host ids other than root; the mappings for POD. CONTAINER and TARGET
+/// are not modes a pod can have, and a pod with its own user namespace shares none of
+/// the host's other namespaces (Kubernetes refuses `hostUsers: false` with them too).
+pub(crate) fn user_namespace(
+    userns: &cri::UserNamespace,
+    ns: &cri::NamespaceOption,
+) -> Result<Option<IdMappings>> {
+    let invalid = |why: String| SandboxError::Invalid(format!("namespace_options.userns_options: {why}"));
     match cri::NamespaceMode::try_from(userns.mode) {
-        Ok(cri::NamespaceMode::Node) if userns.uids.is_empty() && userns.gids.is_empty() => Ok(()),
-        Ok(cri::NamespaceMode::Node) => Err(SandboxError::Invalid(
-            "namespace_options.userns_options: NODE mode takes no uid or gid mappings".into(),
-        )),
-        Ok(cri::NamespaceMode::Pod) => Err(SandboxError::Unsupported(
-            "namespace_options.userns_options: pod user namespaces are not supported by \
-             this node's runtime handlers (the status's runtime_handlers say which features \
-             each has)"
-                .into(),
-        )),
-        Ok(mode) => Err(SandboxError::Invalid(format!(
-            "namespace_options.userns_options: mode {} is not valid for a pod",
+        Ok(cri::NamespaceMode::Node) if userns.uids.is_empty() && userns.gids.is_empty() => {
+            Ok(None)
+        }
+        Ok(cri::NamespaceMode::Node) => Err(invalid("NODE mode takes no uid or gid mappings".into())),
+        Ok(cri::NamespaceMode::Pod) => {
+            let node = cri::NamespaceMode::Node as i32;
+            for (what, mode) in [("network", ns.network), ("pid", ns.pid), ("ipc", ns.ipc)] {
+                if mode == node {
+                    return Err(invalid(format!(
+                        "a pod with its own user namespace cannot use the node's {what} namespace"
+                    )));
+                }
+            }
+            let uids = id_range("uids", &userns.uids).map_err(invalid)?;
+            let gids = id_range("gids", &userns.gids).map_err(invalid)?;
+            if !crust_util::mount_tree::supported() {
+                return Err(SandboxError::Unsupported(
+                    "namespace_options.userns_options: pod user namespaces need idmapped                      mounts (Linux 5.12, mount_setattr)"
+                        .into(),
+                ));
+            }
+            Ok(Some(IdMappings { uids, gids }))
+        }
+        Ok(mode) => Err(invalid(format!(
+            "mode {} is not valid for a pod",
             mode.as_str_name()
         ))),
-        Err(_) => Err(SandboxError::Invalid(format!(
-            "namespace_options.userns_options: unknown mode {}",
-            userns.mode
-        ))),
+        Err(_) => Err(invalid(format!("unknown mode {}", userns.mode))),
+    }
+}
+
+/// The one range of a POD mapping list.
+fn id_range(what: &str, list: &[cri::IdMapping]) -> std::result::Result<IdRange, String> {
+    let [m] = list else {
+        return Err(format!(
+            "{what}: exactly one mapping is supported, {} given",
+            list.len()
+        ));
+    };
+    if m.container_id != 0 {
+        return Err(format!(
+            "{what}: the mapping must start at container id 0 (the container's root), not {}",
+            m.container_id
+        ));
+    }
+    if m.length == 0 || m.host_id.checked_add(m.length - 1).is_none() {
+        return Err(format!(
+            "{what}: host ids {}+{} are not a range of 32-bit ids",
+            m.host_id, m.length
+        ));
+    }
+    if m.host_id == 0 {
+        return Err(format!(
+            "{what}: the range maps the host's root (host id 0); a user namespace would isolate nothing"
+        ));
+    }
+    Ok(IdRange {
+        container_id: m.container_id,
+        host_id: m.host_id,
+        length: m.length,
+    })
+}
+
+/// The user namespace mappings of a checked pod config; `None`: the host's namespace.
+pub(crate) fn pod_mappings(config: &cri::PodSandboxConfig) -> Result<Option<IdMappings>> {
+    let ns = config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .and_then(|s| s.namespace_options.clone())
+        .unwrap_or_default();
+    match &ns.userns_options {
+        Some(userns) => user_namespace(userns, &ns),
+        None => Ok(None),
     }
 }
 
@@ -265,38 +328,55 @@ mod tests {
     }
 
     #[test]
-    fn user_namespaces_are_refused_not_ignored() {
-        let userns = |mode: cri::NamespaceMode, mapped: bool| cri::UserNamespace {
-            mode: mode as i32,
-            uids: if mapped {
-                vec![cri::IdMapping {
-                    host_id: 65536,
-                    container_id: 0,
-                    length: 65536,
-                }]
-            } else {
-                Vec::new()
-            },
-            gids: Vec::new(),
+    fn user_namespace_requests_are_checked() {
+        let range = |container_id, host_id, length| cri::IdMapping {
+            host_id,
+            container_id,
+            length,
         };
-        user_namespace(&userns(cri::NamespaceMode::Node, false)).unwrap();
-        let err = user_namespace(&userns(cri::NamespaceMode::Pod, true)).unwrap_err();
+        let userns = |mode: cri::NamespaceMode, uids: Vec<cri::IdMapping>| cri::UserNamespace {
+            mode: mode as i32,
+            gids: uids.clone(),
+            uids,
+        };
+        let pod = cri::NamespaceOption::default();
         assert_eq!(
-            err.kind(),
-            crate::error::ErrorKind::FailedPrecondition,
-            "{err}"
+            user_namespace(&userns(cri::NamespaceMode::Node, vec![]), &pod).unwrap(),
+            None
         );
-        for (mode, mapped) in [
-            (cri::NamespaceMode::Node, true),
-            (cri::NamespaceMode::Container, false),
-            (cri::NamespaceMode::Target, false),
+        let maps = user_namespace(
+            &userns(cri::NamespaceMode::Pod, vec![range(0, 1000, 100_000)]),
+            &pod,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(maps.host_root(), Some((1000, 1000)));
+        let host_net = cri::NamespaceOption {
+            network: cri::NamespaceMode::Node as i32,
+            ..Default::default()
+        };
+        for (request, ns, says) in [
+            (userns(cri::NamespaceMode::Node, vec![range(0, 1000, 10)]), &pod, "NODE mode"),
+            (userns(cri::NamespaceMode::Container, vec![]), &pod, "CONTAINER"),
+            (userns(cri::NamespaceMode::Target, vec![]), &pod, "TARGET"),
+            (userns(cri::NamespaceMode::Pod, vec![]), &pod, "0 given"),
+            (
+                userns(
+                    cri::NamespaceMode::Pod,
+                    vec![range(0, 1000, 100_000), range(0, 2000, 100_000)],
+                ),
+                &pod,
+                "2 given",
+            ),
+            (userns(cri::NamespaceMode::Pod, vec![range(1, 1000, 100_000)]), &pod, "container id 0"),
+            (userns(cri::NamespaceMode::Pod, vec![range(0, 0, 65536)]), &pod, "host's root"),
+            (userns(cri::NamespaceMode::Pod, vec![range(0, 1000, 0)]), &pod, "32-bit"),
+            (userns(cri::NamespaceMode::Pod, vec![range(0, u32::MAX, 2)]), &pod, "32-bit"),
+            (userns(cri::NamespaceMode::Pod, vec![range(0, 1000, 10)]), &host_net, "network"),
         ] {
-            let err = user_namespace(&userns(mode, mapped)).unwrap_err();
-            assert_eq!(
-                err.kind(),
-                crate::error::ErrorKind::InvalidArgument,
-                "{err}"
-            );
+            let err = user_namespace(&request, ns).unwrap_err();
+            assert_eq!(err.kind(), crate::error::ErrorKind::InvalidArgument, "{err}");
+            assert!(err.to_string().contains(says), "{says}: {err}");
         }
     }
 

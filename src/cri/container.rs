@@ -301,14 +301,27 @@ async fn create(
         .join("containers")
         .join(&id)
         .join("rootfs");
+    if let (Some(maps), Some(dir)) = (&sandbox.userns, mountpoint.parent()) {
+        // The runtime reaches the rootfs as the pod's root.
+        let (gid, dir) = (maps.gids.host_id, dir.to_path_buf());
+        let made = tokio::task::spawn_blocking(move || crust_runtime::fsmode::userns_dir(&dir, gid))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))
+            .and_then(|r| r.map_err(|e| Status::internal(format!("container state dir: {e}"))));
+        if let Err(e) = made {
+            services.containers.unreserve(&sandbox.id, &config, &id);
+            return Err(e);
+        }
+    }
     let rootfs = match services
         .images
-        .create_rootfs(&image, &id, &mountpoint)
+        .create_rootfs(&image, &id, &mountpoint, sandbox.userns)
         .await
     {
         Ok(p) => p,
         Err(e) => {
             services.containers.unreserve(&sandbox.id, &config, &id);
+            remove_state_dir(&services, &id).await;
             return Err(error::image_status(&e));
         }
     };
@@ -435,6 +448,7 @@ fn namespaces(
         host_ipc: pod.ipc == node,
         host_pid: pod.pid == node,
         target_pid,
+        userns: sandbox.userns,
     }
 }
 

@@ -102,14 +102,15 @@ impl Cri {
 
 /// What each runtime handler can do, for kubelet and critest: the configured ones by
 /// name and the default again as "" (what pods without a RuntimeClass get), as
-/// containerd lists them. Recursive read-only mounts are crust's own work
-/// ([`crust_runtime::rro`]), so every handler has them where the kernel does; no
-/// handler here makes pod user namespaces (runc 1.1 has no idmapped mounts).
+/// containerd lists them. Recursive read-only and idmapped mounts are crust's own work
+/// ([`crust_runtime::staging`], idmapped layers in the image store), and crust makes
+/// the pod's user namespace itself, so every handler has both where the kernel has
+/// `mount_setattr`.
 fn runtime_handlers(config: &crate::config::Config) -> Vec<cri::RuntimeHandler> {
     let features = || {
         Some(cri::RuntimeHandlerFeatures {
-            recursive_read_only_mounts: crust_runtime::rro::supported(),
-            user_namespaces: false,
+            recursive_read_only_mounts: crust_runtime::staging::supported(),
+            user_namespaces: crust_runtime::staging::supported(),
         })
     };
     std::iter::once(String::new())

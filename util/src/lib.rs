@@ -3,7 +3,9 @@
 //! crate keeps its own logic; only what was copied word for word lives here.
 #![deny(missing_docs)]
 
+pub mod mount_tree;
 pub mod mountinfo;
 pub mod process;
 pub mod resolve;
 pub mod time;
+pub mod userns;

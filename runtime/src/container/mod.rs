@@ -12,6 +12,7 @@ mod interactive;
 pub mod record;
 
 use std::collections::{HashMap, HashSet};
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -250,14 +251,14 @@ pub struct ContainerService {
 /// A callback told the id of each container that exits.
 pub type ExitHook = Box<dyn Fn(&str) + Send + Sync>;
 
-/// Detaches the staged read-only trees of a bundle ([`crate::rro`]), off the async
+/// Detaches the staged read-only trees of a bundle ([`crate::staging`]), off the async
 /// workers: unmounting may wait on the filesystem.
-async fn unstage_rro(bundle: &Path) {
-    if std::fs::symlink_metadata(bundle.join(crate::rro::STAGING_DIR)).is_err() {
+async fn unstage_mounts(bundle: &Path) {
+    if std::fs::symlink_metadata(bundle.join(crate::staging::STAGING_DIR)).is_err() {
         return;
     }
     let bundle = bundle.to_path_buf();
-    let _ = tokio::task::spawn_blocking(move || crate::rro::unstage(&bundle)).await;
+    let _ = tokio::task::spawn_blocking(move || crate::staging::unstage(&bundle)).await;
 }
 
 fn rt(id: &str, step: &'static str) -> impl FnOnce(RuntimeError) -> ContainerError {
@@ -321,7 +322,7 @@ impl ContainerService {
     async fn recover(self: &Arc<Self>) -> Result<()> {
         for mut r in record::load_all(&self.db)? {
             // A crash between staging and `create` returning leaves the staged trees.
-            unstage_rro(&r.bundle).await;
+            unstage_mounts(&r.bundle).await;
             if r.pid == 0 {
                 tracing::info!(container = %r.id, "undoing a container whose creation was interrupted");
                 self.release(&r).await;
@@ -651,16 +652,23 @@ impl ContainerService {
                 ))
             })?;
         }
-        std::fs::create_dir_all(&record.bundle).map_err(io("create bundle"))?;
-        // Recursive read-only mounts are made here, for runtimes that cannot (rro).
+        match &built.userns {
+            // The runtime reaches the staged mounts as the pod's root.
+            Some(maps) => crate::fsmode::userns_dir(&record.bundle, maps.gids.host_id)
+                .map_err(io("create bundle"))?,
+            None => std::fs::create_dir_all(&record.bundle).map_err(io("create bundle"))?,
+        }
+        // Recursive read-only and idmapped mounts are made here, for runtimes that
+        // cannot make them (runc 1.1).
         let mut spec = built.spec.clone();
-        let bundle = record.bundle.clone();
+        let (bundle, userns) = (record.bundle.clone(), built.userns);
         let spec = tokio::task::spawn_blocking(move || {
-            crate::rro::stage(&mut spec, &bundle).map(|()| spec)
+            let ns = userns.map(|m| m.open_userns()).transpose()?;
+            crate::staging::stage(&mut spec, &bundle, ns.as_ref().map(|f| f.as_fd())).map(|()| spec)
         })
         .await
-        .map_err(|e| io("stage recursive read-only mounts")(std::io::Error::other(e)))?
-        .map_err(io("stage recursive read-only mounts"))?;
+        .map_err(|e| io("stage mounts")(std::io::Error::other(e)))?
+        .map_err(io("stage mounts"))?;
         crate::spec::write_spec(&record.bundle, &spec).map_err(rt(&id, "write spec"))?;
         // The monitor creates the log's directory itself, below the pod's log
         // directory and without following symlinks there.
@@ -686,7 +694,7 @@ impl ContainerService {
         let spawned_at = std::time::Instant::now();
         let started = monitor::spawn_monitor(&spawn, runtime.timeout()).await;
         // Created or not, the container holds its own copy of any staged tree now.
-        unstage_rro(&record.bundle).await;
+        unstage_mounts(&record.bundle).await;
         let started = started.map_err(rt(&id, "create"))?;
         let monitor_took = spawned_at.elapsed();
         record.pid = started.container_pid;
@@ -721,7 +729,7 @@ impl ContainerService {
                 .and_then(|p| p.as_str())
                 .map(str::to_string)
         });
-        unstage_rro(&r.bundle).await;
+        unstage_mounts(&r.bundle).await;
         let bundle = r.bundle.clone();
         let removed = tokio::task::spawn_blocking(move || {
             if let Some(path) = cgroup {

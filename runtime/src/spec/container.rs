@@ -123,6 +123,8 @@ pub struct SandboxNamespaces {
     pub host_pid: bool,
     /// For PID mode TARGET: the init pid of the target container.
     pub target_pid: Option<u32>,
+    /// The pod's user namespace mappings; `None`: the pod uses the host's.
+    pub userns: Option<crust_util::userns::IdMappings>,
 }
 
 impl SandboxNamespaces {
@@ -262,6 +264,8 @@ pub struct BuiltSpec {
     /// The host paths of the CRI bind mounts, to create as directories when missing
     /// (containerd does so before start).
     pub bind_sources: Vec<PathBuf>,
+    /// The pod's user namespace mappings, which bind mounts are idmapped with.
+    pub userns: Option<crust_util::userns::IdMappings>,
 }
 
 /// The parts of the image config a container spec uses (Docker's names).
@@ -332,6 +336,9 @@ pub fn build_container_spec(input: &ContainerSpecInput) -> Result<BuiltSpec> {
         security,
         image.user.as_deref().unwrap_or_default(),
     )?;
+    if let Some(maps) = &input.sandbox.userns {
+        check_user_is_mapped(&user, maps)?;
+    }
     let env = process_env(input, &image);
     let cwd = if !config.working_dir.is_empty() {
         config.working_dir.clone()
@@ -431,6 +438,12 @@ pub fn build_container_spec(input: &ContainerSpecInput) -> Result<BuiltSpec> {
     if !input.cgroups_path.is_empty() {
         linux["cgroupsPath"] = input.cgroups_path.clone().into();
     }
+    if let Some(maps) = &input.sandbox.userns {
+        // runc joins the pod's namespace by path but still needs the mappings, to
+        // know whose the container's root is on the host.
+        linux["uidMappings"] = id_mapping_json(&maps.uids);
+        linux["gidMappings"] = id_mapping_json(&maps.gids);
+    }
     if !devices.is_empty() {
         linux["devices"] = devices.into();
     }
@@ -496,6 +509,7 @@ pub fn build_container_spec(input: &ContainerSpecInput) -> Result<BuiltSpec> {
         stop_signal,
         image_volumes,
         bind_sources: mounts.bind_sources,
+        userns: input.sandbox.userns,
     })
 }
 
@@ -942,6 +956,40 @@ fn selinux_label(
     ))
 }
 
+/// A process in a user namespace can only be users and groups the namespace maps.
+fn check_user_is_mapped(
+    user: &ResolvedUser,
+    maps: &crust_util::userns::IdMappings,
+) -> Result<()> {
+    if maps.uids.to_host(user.uid).is_none() {
+        return Err(RuntimeError::invalid(
+            "user",
+            &user.uid.to_string(),
+            "not mapped by the pod's user namespace",
+        ));
+    }
+    if let Some(gid) = std::iter::once(&user.gid)
+        .chain(&user.additional_gids)
+        .find(|g| maps.gids.to_host(**g).is_none())
+    {
+        return Err(RuntimeError::invalid(
+            "group",
+            &gid.to_string(),
+            "not mapped by the pod's user namespace",
+        ));
+    }
+    Ok(())
+}
+
+/// An OCI `LinuxIDMapping` list of one range.
+pub(crate) fn id_mapping_json(range: &crust_util::userns::IdRange) -> Value {
+    json!([{
+        "containerID": range.container_id,
+        "hostID": range.host_id,
+        "size": range.length,
+    }])
+}
+
 fn namespaces(
     security: Option<&cri::LinuxContainerSecurityContext>,
     sandbox: &SandboxNamespaces,
@@ -949,27 +997,37 @@ fn namespaces(
     let pause = sandbox.pause_pid;
     let joined = |kind: &str, path: String| json!({"type": kind, "path": path});
     let mut list = Vec::new();
-    if let Some(userns) = security
+    // Never ignored: a container that believes it is unprivileged in a user namespace
+    // must not run as the host's root, and one of a pod with a user namespace joins it.
+    let requested = security
         .and_then(|s| s.namespace_options.as_ref())
         .and_then(|n| n.userns_options.as_ref())
-    {
-        // Never ignored: a container that believes it is unprivileged in a user
-        // namespace must not run as the host's root.
-        match cri::NamespaceMode::try_from(userns.mode) {
-            Ok(cri::NamespaceMode::Node) => {}
-            Ok(cri::NamespaceMode::Pod) => {
-                return Err(RuntimeError::Unsupported {
-                    what: "user namespace",
-                    reason: "pod user namespaces are not supported by this runtime handler".into(),
-                });
-            }
-            _ => {
-                return Err(RuntimeError::invalid(
-                    "user namespace mode",
-                    &userns.mode.to_string(),
-                    "a container's user namespace is its pod's (POD) or the node's (NODE)",
-                ));
-            }
+        .map_or(cri::NamespaceMode::Node as i32, |u| u.mode);
+    match (cri::NamespaceMode::try_from(requested), &sandbox.userns) {
+        (Ok(cri::NamespaceMode::Pod), Some(_)) => {
+            list.push(joined("user", SandboxNamespaces::proc_ns(pause, "user")));
+        }
+        (Ok(cri::NamespaceMode::Node), None) => {}
+        (Ok(cri::NamespaceMode::Pod), None) => {
+            return Err(RuntimeError::invalid(
+                "user namespace mode",
+                "POD",
+                "the pod has no user namespace (it was run with the node's)",
+            ));
+        }
+        (Ok(cri::NamespaceMode::Node), Some(_)) => {
+            return Err(RuntimeError::invalid(
+                "user namespace mode",
+                "NODE",
+                "the pod has a user namespace, which all its containers share",
+            ));
+        }
+        _ => {
+            return Err(RuntimeError::invalid(
+                "user namespace mode",
+                &requested.to_string(),
+                "a container's user namespace is its pod's (POD) or the node's (NODE)",
+            ));
         }
     }
     let pid_mode = security

@@ -103,6 +103,8 @@ pub struct SandboxSpec {
     pub annotations: BTreeMap<String, String>,
     /// Lift the security defaults (see the module doc).
     pub privileged: bool,
+    /// The pod's pinned user namespace and its mappings; `None`: the host's.
+    pub userns: Option<(PathBuf, crust_util::userns::IdMappings)>,
 }
 
 impl Default for SandboxSpec {
@@ -127,6 +129,7 @@ impl Default for SandboxSpec {
             mounts: Vec::new(),
             annotations: BTreeMap::new(),
             privileged: false,
+            userns: None,
         }
     }
 }
@@ -244,6 +247,21 @@ impl SandboxSpec {
             .set_devices(None)
             .set_uid_mappings(None)
             .set_gid_mappings(None);
+        if let Some((_, maps)) = &self.userns {
+            // runc joins the pinned namespace by path but still needs the mappings,
+            // to know whose the pause's root is on the host.
+            let mapping = |r: &crust_util::userns::IdRange| {
+                oci_spec::runtime::LinuxIdMappingBuilder::default()
+                    .container_id(r.container_id)
+                    .host_id(r.host_id)
+                    .size(r.length)
+                    .build()
+                    .map_err(|err| spec_error(id, err))
+            };
+            linux
+                .set_uid_mappings(Some(vec![mapping(&maps.uids)?]))
+                .set_gid_mappings(Some(vec![mapping(&maps.gids)?]));
+        }
 
         let root = RootBuilder::default()
             .path(&self.rootfs)
@@ -279,6 +297,10 @@ impl SandboxSpec {
     fn namespaces(&self) -> Result<Vec<oci_spec::runtime::LinuxNamespace>> {
         let mut wanted: Vec<(LinuxNamespaceType, Option<&Path>)> =
             vec![(LinuxNamespaceType::Mount, None)];
+        if let Some((path, _)) = &self.userns {
+            // First: runc joins it before the others, which belong to it.
+            wanted.insert(0, (LinuxNamespaceType::User, Some(path.as_path())));
+        }
         match &self.netns {
             NamespaceMode::New => wanted.push((LinuxNamespaceType::Network, None)),
             NamespaceMode::Path(path) => {

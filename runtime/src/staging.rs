@@ -1,126 +1,58 @@
-//! Recursive read-only bind mounts (CRI `recursive_read_only`) for every OCI runtime.
+//! Bind mounts crust prepares for the OCI runtime: recursive read-only ones (CRI
+//! `recursive_read_only`) and idmapped ones (pods with a user namespace), for every
+//! runtime.
 //!
-//! runc before 1.2 has no `rro` option (it passes unknown options to mount(2) as data,
-//! which a bind mount ignores: the submounts stayed writable). So crust makes the tree
-//! itself before the runtime runs: a detached clone of the source with every mount in
-//! it read-only (`open_tree(OPEN_TREE_CLONE | AT_RECURSIVE)`, then `mount_setattr`
-//! with `MOUNT_ATTR_RDONLY` and `AT_RECURSIVE`, private), attached at a staging path in
-//! the bundle that the spec names as the mount's source. The runtime's `rbind` of it
-//! copies each mount's read-only flag into the container; once `create` has returned
-//! the container holds its own copy, and the staging mount is detached.
+//! runc before 1.2 has neither: it passes an `rro` option to mount(2) as data, which a
+//! bind mount ignores (the submounts stayed writable), and it has no idmapped mounts.
+//! So crust makes the tree itself before the runtime runs: a detached clone of the
+//! source (`open_tree(OPEN_TREE_CLONE)`) changed with `mount_setattr` (read-only with
+//! `AT_RECURSIVE`; idmapped with the pod's mappings), private, attached at a staging
+//! path in the bundle that the spec names as the mount's source. The runtime's bind of
+//! it copies each mount's flags and idmapping into the container; once `create` has
+//! returned the container holds its own copy, and the staging mount is detached.
 //!
 //! Needs Linux 5.12 (`mount_setattr`); [`supported`] says whether this kernel has it.
 
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::BorrowedFd;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::sync::OnceLock;
 
+use crust_util::mount_tree::{self, TreeAttrs};
 use oci_spec::runtime::Spec;
-use rustix::mount::{MoveMountFlags, OpenTreeFlags};
 
-/// The mount option that asks for it, as runc 1.2 and crun spell it.
+pub use crust_util::mount_tree::supported;
+
+/// The mount option that asks for a recursive read-only mount, as runc 1.2 and crun
+/// spell it.
 pub const OPTION: &str = "rro";
 /// Where in a bundle the staged trees are attached.
-pub const STAGING_DIR: &str = "rro";
+pub const STAGING_DIR: &str = "staged";
 
-const MOUNT_ATTR_RDONLY: u64 = 0x1;
-/// `struct mount_attr` (linux/mount.h, version 0).
-#[repr(C)]
-struct MountAttr {
-    attr_set: u64,
-    attr_clr: u64,
-    propagation: u64,
-    userns_fd: u64,
+fn is_bind(m: &oci_spec::runtime::Mount) -> bool {
+    m.typ().as_deref() == Some("bind")
+        || m.options()
+            .iter()
+            .flatten()
+            .any(|o| o == "bind" || o == "rbind")
 }
 
-fn mount_setattr(fd: &OwnedFd, flags: u32, attr: &MountAttr) -> io::Result<()> {
-    // SAFETY: mount_setattr(2) with a valid fd, a NUL-terminated empty path and a
-    // mount_attr of the size passed; the kernel only reads the struct.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            fd.as_raw_fd(),
-            c"".as_ptr(),
-            flags,
-            attr as *const MountAttr,
-            std::mem::size_of::<MountAttr>(),
-        )
-    };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+fn has_option(m: &oci_spec::runtime::Mount, option: &str) -> bool {
+    m.options().iter().flatten().any(|o| o == option)
 }
 
-/// Whether the kernel has `mount_setattr` (Linux ≥ 5.12): probed once with a bad fd,
-/// which answers EBADF where the call exists and ENOSYS where it does not.
-pub fn supported() -> bool {
-    static SUPPORTED: OnceLock<bool> = OnceLock::new();
-    *SUPPORTED.get_or_init(|| {
-        let attr = MountAttr {
-            attr_set: 0,
-            attr_clr: 0,
-            propagation: 0,
-            userns_fd: 0,
-        };
-        // SAFETY: as in mount_setattr above, with fd -1 (nothing is touched).
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_mount_setattr,
-                -1,
-                c"".as_ptr(),
-                libc::AT_EMPTY_PATH,
-                &attr as *const MountAttr,
-                std::mem::size_of::<MountAttr>(),
-            )
-        };
-        r == 0 || io::Error::last_os_error().raw_os_error() != Some(libc::ENOSYS)
-    })
-}
-
-/// Attaches a read-only clone of the tree at `source` (every mount in it read-only)
-/// at `target`, an empty directory.
-fn attach_readonly_tree(source: &Path, target: &Path) -> io::Result<()> {
-    let tree = rustix::mount::open_tree(
-        rustix::fs::CWD,
-        source,
-        OpenTreeFlags::OPEN_TREE_CLONE
-            | OpenTreeFlags::OPEN_TREE_CLOEXEC
-            | OpenTreeFlags::AT_RECURSIVE,
-    )?;
-    mount_setattr(
-        &tree,
-        (libc::AT_EMPTY_PATH | libc::AT_RECURSIVE) as u32,
-        &MountAttr {
-            attr_set: MOUNT_ATTR_RDONLY,
-            attr_clr: 0,
-            propagation: libc::MS_PRIVATE,
-            userns_fd: 0,
-        },
-    )?;
-    rustix::mount::move_mount(
-        &tree,
-        c"",
-        rustix::fs::CWD,
-        target,
-        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
-    )?;
-    Ok(())
-}
-
-/// Stages every `rro` bind mount of `spec` below `<bundle>/rro`: the mount's source
-/// becomes the staged read-only tree and the option is dropped (the tree already is
-/// what it asked for, and runc 1.1 would pass it on as mount data). Blocking.
-/// On error whatever was staged is detached again.
-pub fn stage(spec: &mut Spec, bundle: &Path) -> io::Result<()> {
+/// Stages the bind mounts of `spec` that need it below `<bundle>/staged`: every `rro`
+/// one (the option is dropped: the tree already is what it asked for, and runc 1.1
+/// would pass it on as mount data), and with `idmap` (the pod's user namespace) every
+/// bind mount, idmapped. The mount's source becomes the staged tree. A source whose
+/// file system cannot be idmapped is bound as it is, as runtimes without idmapped
+/// mounts do. Blocking. On error whatever was staged is detached again.
+pub fn stage(spec: &mut Spec, bundle: &Path, idmap: Option<BorrowedFd<'_>>) -> io::Result<()> {
     let Some(mut mounts) = spec.mounts().clone() else {
         return Ok(());
     };
     let wanted = |m: &oci_spec::runtime::Mount| {
-        m.options()
-            .as_ref()
-            .is_some_and(|o| o.iter().any(|o| o == OPTION))
+        has_option(m, OPTION) || (idmap.is_some() && is_bind(m) && m.source().is_some())
     };
     if !mounts.iter().any(wanted) {
         return Ok(());
@@ -128,7 +60,7 @@ pub fn stage(spec: &mut Spec, bundle: &Path) -> io::Result<()> {
     if !supported() {
         return Err(io::Error::new(
             io::ErrorKind::Unsupported,
-            "recursive read-only mounts need Linux 5.12 (mount_setattr)",
+            "recursive read-only and idmapped mounts need Linux 5.12 (mount_setattr)",
         ));
     }
     let dir = bundle.join(STAGING_DIR);
@@ -140,10 +72,47 @@ pub fn stage(spec: &mut Spec, bundle: &Path) -> io::Result<()> {
             let source = mount.source().clone().ok_or_else(|| {
                 io::Error::new(io::ErrorKind::InvalidInput, "rro mount without a source")
             })?;
+            let readonly = has_option(mount, OPTION);
+            let attrs = TreeAttrs {
+                readonly,
+                idmap,
+                recursive: readonly || has_option(mount, "rbind"),
+            };
             let staged = dir.join(i.to_string());
-            std::fs::create_dir_all(&staged)?;
-            attach_readonly_tree(&source, &staged)
-                .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", source.display())))?;
+            if !dir.exists() {
+                // Passable: the runtime binds from here as a user-namespaced pod's root;
+                // the bundle around it decides who gets this far.
+                std::fs::create_dir(&dir)?;
+                std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711))?;
+            }
+            let is_dir = std::fs::metadata(&source)
+                .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", source.display())))?
+                .is_dir();
+            if is_dir {
+                std::fs::create_dir(&staged)?;
+            } else {
+                std::fs::File::create(&staged)?;
+            }
+            let attached = match mount_tree::attach(&source, &staged, attrs) {
+                // EINVAL: a file system (or a submount's) without idmapped mounts.
+                Err(e) if idmap.is_some() && e.raw_os_error() == Some(libc::EINVAL) => {
+                    tracing::debug!(source = %source.display(), "not idmappable; bound as it is");
+                    if readonly {
+                        let plain = TreeAttrs {
+                            idmap: None,
+                            ..attrs
+                        };
+                        mount_tree::attach(&source, &staged, plain).map(|()| true)
+                    } else {
+                        Ok(false)
+                    }
+                }
+                other => other.map(|()| true),
+            }
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", source.display())))?;
+            if !attached {
+                continue;
+            }
             let options: Vec<String> = mount
                 .options()
                 .iter()
@@ -172,11 +141,11 @@ pub fn unstage(bundle: &Path) {
     }
     for point in crate::mountinfo::mount_points_below(&dir) {
         if let Err(e) = rustix::mount::unmount(&point, rustix::mount::UnmountFlags::DETACH) {
-            tracing::warn!(path = %point.display(), error = %e, "detach a staged read-only tree");
+            tracing::warn!(path = %point.display(), error = %e, "detach a staged tree");
         }
     }
     if let Err(e) = std::fs::remove_dir_all(&dir) {
-        tracing::warn!(path = %dir.display(), error = %e, "remove the read-only staging dir");
+        tracing::warn!(path = %dir.display(), error = %e, "remove the mount staging dir");
     }
 }
 
@@ -211,7 +180,7 @@ mod tests {
     fn specs_without_rro_are_left_alone() {
         let mut spec = spec_with(Path::new("/nonexistent"), &["rbind", "ro"]);
         let before = serde_json::to_value(&spec).unwrap();
-        stage(&mut spec, Path::new("/nonexistent-bundle")).unwrap();
+        stage(&mut spec, Path::new("/nonexistent-bundle"), None).unwrap();
         assert_eq!(serde_json::to_value(&spec).unwrap(), before);
     }
 
@@ -235,10 +204,10 @@ mod tests {
         let bundle = dir.path().join("bundle");
         std::fs::create_dir_all(&bundle).unwrap();
         let mut spec = spec_with(&source, &["rbind", "rprivate", "ro", OPTION]);
-        stage(&mut spec, &bundle).unwrap();
+        stage(&mut spec, &bundle, None).unwrap();
         let mount = &spec.mounts().as_ref().unwrap()[0];
         let staged = mount.source().clone().unwrap();
-        assert_eq!(staged, bundle.join("rro/0"));
+        assert_eq!(staged, bundle.join("staged/0"));
         assert_eq!(
             mount.options().as_ref().unwrap(),
             &["rbind", "rprivate", "ro"]
@@ -260,7 +229,7 @@ mod tests {
         }
         let dir = tempfile::tempdir().unwrap();
         let mut spec = spec_with(&dir.path().join("missing"), &["rbind", "ro", OPTION]);
-        let err = stage(&mut spec, dir.path()).unwrap_err();
+        let err = stage(&mut spec, dir.path(), None).unwrap_err();
         assert!(err.to_string().contains("missing"), "{err}");
         assert!(!dir.path().join(STAGING_DIR).exists());
     }
