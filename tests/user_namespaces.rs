@@ -80,17 +80,16 @@ fn container(
 }
 
 async fn exec(p: &mut TestPod, id: &str, script: &str) -> String {
-    let out = p
-        .c
-        .runtime
-        .exec_sync(cri::ExecSyncRequest {
-            container_id: id.into(),
-            cmd: vec!["/bin/sh".into(), "-c".into(), script.into()],
-            timeout: 10,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let out =
+        p.c.runtime
+            .exec_sync(cri::ExecSyncRequest {
+                container_id: id.into(),
+                cmd: vec!["/bin/sh".into(), "-c".into(), script.into()],
+                timeout: 10,
+            })
+            .await
+            .unwrap()
+            .into_inner();
     assert_eq!(
         out.exit_code,
         0,
@@ -122,28 +121,26 @@ async fn remove_container(p: &mut TestPod, id: &str) {
 
 /// The pod and container ids the daemon lists.
 async fn listed(p: &mut TestPod) -> (Vec<String>, Vec<String>) {
-    let pods = p
-        .c
-        .runtime
-        .list_pod_sandbox(cri::ListPodSandboxRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .items
-        .into_iter()
-        .map(|s| s.id)
-        .collect();
-    let containers = p
-        .c
-        .runtime
-        .list_containers(cri::ListContainersRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .containers
-        .into_iter()
-        .map(|c| c.id)
-        .collect();
+    let pods =
+        p.c.runtime
+            .list_pod_sandbox(cri::ListPodSandboxRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .items
+            .into_iter()
+            .map(|s| s.id)
+            .collect();
+    let containers =
+        p.c.runtime
+            .list_containers(cri::ListContainersRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .containers
+            .into_iter()
+            .map(|c| c.id)
+            .collect();
     (pods, containers)
 }
 
@@ -207,16 +204,15 @@ async fn a_pod_user_namespace_maps_root_and_idmaps_the_rootfs_and_mounts() {
     let meta = std::fs::metadata(upper.join("data")).unwrap();
     assert_eq!((meta.uid(), meta.gid()), (HOST_ID, HOST_ID));
     // The process is the mapped id on the host.
-    let status = p
-        .c
-        .runtime
-        .container_status(cri::ContainerStatusRequest {
-            container_id: id.clone(),
-            verbose: true,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let status =
+        p.c.runtime
+            .container_status(cri::ContainerStatusRequest {
+                container_id: id.clone(),
+                verbose: true,
+            })
+            .await
+            .unwrap()
+            .into_inner();
     let info: serde_json::Value = serde_json::from_str(&status.info["info"]).unwrap();
     let pid = info["pid"].as_u64().unwrap();
     let proc_status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -225,9 +221,33 @@ async fn a_pod_user_namespace_maps_root_and_idmaps_the_rootfs_and_mounts() {
     // Its own network: sysfs mounted in the container (runc can only do that in a
     // netns the user namespace owns), localhost up, the pod's address on eth0.
     assert_eq!(
-        words(&exec(&mut p, &id, "cat /sys/class/net/lo/operstate /sys/class/net/eth0/operstate").await),
+        words(
+            &exec(
+                &mut p,
+                &id,
+                "cat /sys/class/net/lo/operstate /sys/class/net/eth0/operstate"
+            )
+            .await
+        ),
         ["unknown", "up"]
     );
+    // The state the runtime passes through as the pod's root is closed to other
+    // users: nobody gets into the container's state, bundle or rootfs.
+    let state = p.d.dir().join("state");
+    for path in [
+        state.join("containers").join(&id).join("rootfs/bin"),
+        state.join("bundles").join(&id).join("staged"),
+        state.join("containers"),
+        state.join("bundles"),
+    ] {
+        let out = std::process::Command::new("setpriv")
+            .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"])
+            .args(["/bin/busybox", "ls"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "nobody listed {}", path.display());
+    }
     let owner = std::fs::read_link(format!("/proc/{pid}/ns/user")).unwrap();
     assert_ne!(owner, std::fs::read_link("/proc/self/ns/user").unwrap());
 
@@ -235,7 +255,11 @@ async fn a_pod_user_namespace_maps_root_and_idmaps_the_rootfs_and_mounts() {
         remove_container(&mut p, &id).await;
     }
     p.stop_and_remove_pod(&pod).await;
-    assert_eq!(state_mounts(&p), before, "a pin, staged tree or rootfs is left");
+    assert_eq!(
+        state_mounts(&p),
+        before,
+        "a pin, staged tree or rootfs is left"
+    );
     let userns_dir = p.d.dir().join("state/userns");
     let left: Vec<_> = std::fs::read_dir(&userns_dir)
         .into_iter()
@@ -263,7 +287,10 @@ async fn user_namespace_requests_crust_cannot_meet_are_refused_and_leave_nothing
     let two = vec![mapping(0, HOST_ID), mapping(0, 2 * HOST_ID)];
     for (name, ns) in [
         ("two", options(cri::NamespaceMode::Pod, two)),
-        ("no-root", options(cri::NamespaceMode::Pod, vec![mapping(1, HOST_ID)])),
+        (
+            "no-root",
+            options(cri::NamespaceMode::Pod, vec![mapping(1, HOST_ID)]),
+        ),
         ("container", options(cri::NamespaceMode::Container, vec![])),
         ("target", options(cri::NamespaceMode::Target, vec![])),
         ("host-network", host_network),

@@ -96,8 +96,7 @@ pub fn private_dir(path: &Path, mode: u32) -> io::Result<()> {
 /// pod's root when the pod has its own user namespace (to the rootfs mountpoints, the
 /// bundles' staged mounts, the pod's /dev/shm): 0711, passable without listing; what
 /// lies below each is [`userns_dir`] or 0700.
-pub const TRAVERSED_STATE_DIRS: [&str; 5] =
-    ["containers", "bundles", "sandboxes", "pause", "pause-rootfs"];
+pub const TRAVERSED_STATE_DIRS: [&str; 4] = ["containers", "bundles", "sandboxes", "pause-rootfs"];
 
 /// Makes `path` (created if missing) root:`gid` 0710: the processes of a pod whose
 /// user namespace maps its root to host gid `gid` may pass through it (runc does, as

@@ -33,10 +33,16 @@ fn open_dir_in_root(root: &OwnedFd, relative: &Path) -> Result<OwnedFd, Errno> {
 }
 
 /// Creates directory `path` (absolute in the container) and its missing parents inside
-/// `rootfs`, each new one with exactly `mode` and owned by root. Symlinks on the way
+/// `rootfs`, each new one with exactly `mode` and owned by root, or by `owner` (host
+/// uid and gid: a user-namespaced pod's root). Symlinks on the way
 /// resolve inside the rootfs and magic links (`/proc/self/fd/N`) are refused, so the
 /// result lies inside the rootfs whatever the image holds. `..` components are refused.
-pub fn create_dir_all_in_root(rootfs: &Path, path: &str, mode: u32) -> std::io::Result<()> {
+pub fn create_dir_all_in_root(
+    rootfs: &Path,
+    path: &str,
+    mode: u32,
+    owner: Option<(u32, u32)>,
+) -> std::io::Result<()> {
     // Checked before anything is made, so a refused path leaves nothing behind.
     if Path::new(path)
         .components()
@@ -74,6 +80,13 @@ pub fn create_dir_all_in_root(rootfs: &Path, path: &str, mode: u32) -> std::io::
             Err(errno) => return Err(errno.into()),
         }
         let made = open_dir_in_root(&root, &done)?;
+        if let Some((uid, gid)) = owner {
+            nix::unistd::fchown(
+                made.as_fd(),
+                Some(nix::unistd::Uid::from_raw(uid)),
+                Some(nix::unistd::Gid::from_raw(gid)),
+            )?;
+        }
         // mkdirat's mode went through crustd's umask (0077).
         nix::sys::stat::fchmod(made.as_fd(), Mode::from_bits_truncate(mode))?;
     }
@@ -94,7 +107,7 @@ mod tests {
         let escape = outside.path().strip_prefix("/").unwrap().join("x");
         for via in ["data", "up"] {
             let path = format!("/{via}/{}", escape.display());
-            create_dir_all_in_root(root.path(), &path, 0o755).unwrap();
+            create_dir_all_in_root(root.path(), &path, 0o755, None).unwrap();
         }
         assert!(
             !outside.path().join("x").exists(),
@@ -107,14 +120,36 @@ mod tests {
     }
 
     #[test]
+    fn new_directories_get_the_owner_asked_for() {
+        use std::os::unix::fs::MetadataExt;
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir(root.path().join("old")).unwrap();
+        create_dir_all_in_root(root.path(), "/old/new/newer", 0o755, Some((1000, 1001))).unwrap();
+        let owner = |p: &str| {
+            let m = std::fs::metadata(root.path().join(p)).unwrap();
+            (m.uid(), m.gid())
+        };
+        assert_eq!(
+            owner("old"),
+            (0, 0),
+            "an existing directory keeps its owner"
+        );
+        assert_eq!(owner("old/new"), (1000, 1001));
+        assert_eq!(owner("old/new/newer"), (1000, 1001));
+    }
+
+    #[test]
     fn dangling_links_and_dotdot_are_refused() {
         let root = tempfile::tempdir().unwrap();
         std::os::unix::fs::symlink("/proc/self/cwd", root.path().join("cwd")).unwrap();
         // In the root, /proc/self/cwd is a missing path, never the host's /proc: the
         // link dangles, and is refused rather than replaced or followed.
-        assert!(create_dir_all_in_root(root.path(), "/cwd/x", 0o755).is_err());
+        assert!(create_dir_all_in_root(root.path(), "/cwd/x", 0o755, None).is_err());
         assert!(!root.path().join("proc").exists());
-        assert!(create_dir_all_in_root(root.path(), "/a/../b", 0o755).is_err());
+        assert!(create_dir_all_in_root(root.path(), "/a/../b", 0o755, None).is_err());
         assert!(!root.path().join("a").exists());
     }
 
@@ -122,6 +157,6 @@ mod tests {
     fn a_file_in_the_way_is_an_error() {
         let root = tempfile::tempdir().unwrap();
         std::fs::write(root.path().join("f"), "").unwrap();
-        assert!(create_dir_all_in_root(root.path(), "/f/x", 0o755).is_err());
+        assert!(create_dir_all_in_root(root.path(), "/f/x", 0o755, None).is_err());
     }
 }

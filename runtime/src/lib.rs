@@ -29,8 +29,8 @@ pub mod oci;
 pub mod oci_version;
 pub mod pause;
 pub mod pause_spec;
-pub mod staging;
 pub mod spec;
+pub mod staging;
 pub mod stats;
 
 pub use error::{ErrorKind, Failure, Result, RuntimeError};

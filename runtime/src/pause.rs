@@ -20,9 +20,15 @@ pub const PAUSE_PATH: &str = "/pause";
 const MOUNTPOINT_DIRS: [&str; 4] = ["dev", "proc", "sys", "etc"];
 /// Files the sandbox may bind-mount from the pod's own copies.
 const MOUNTPOINT_FILES: [&str; 3] = ["etc/hosts", "etc/resolv.conf", "etc/hostname"];
+/// Directories and the binary: passable and executable by the pause's user (65535, or
+/// a user-namespaced pod's root passing through the 0711 state directory), readable by
+/// nobody but root; the mountpoint files are root's alone (mounts only look them up).
+const DIR_MODE: u32 = 0o711;
+const BINARY_MODE: u32 = 0o711;
+const FILE_MODE: u32 = 0o600;
 
 /// Writes the pause rootfs under `dir` and returns its path, `<dir>/rootfs`:
-/// `rootfs/pause` (mode 0755) and empty mountpoints `rootfs/{dev,proc,sys,etc}` and
+/// `rootfs/pause` (mode 0711, like its directories) and empty mountpoints `rootfs/{dev,proc,sys,etc}` and
 /// `rootfs/etc/{hosts,resolv.conf,hostname}`.
 ///
 /// Idempotent, and safe while sandboxes run from it: a binary that already matches is
@@ -32,13 +38,16 @@ pub fn install_pause_rootfs(dir: &Path) -> io::Result<PathBuf> {
     let rootfs = dir.join("rootfs");
     fs::DirBuilder::new()
         .recursive(true)
-        .mode(0o755)
+        .mode(DIR_MODE)
         .create(&rootfs)?;
     // The pause process runs as 65535: the root of its filesystem must be open to it
     // whatever crustd's umask (0077) made of the mode above.
-    fs::set_permissions(&rootfs, fs::Permissions::from_mode(0o755))?;
+    fs::set_permissions(&rootfs, fs::Permissions::from_mode(DIR_MODE))?;
     for name in MOUNTPOINT_DIRS {
-        match fs::DirBuilder::new().mode(0o755).create(rootfs.join(name)) {
+        match fs::DirBuilder::new()
+            .mode(DIR_MODE)
+            .create(rootfs.join(name))
+        {
             Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {
                 // Something else in its place would make a mount fail later, obscurely.
                 if !fs::symlink_metadata(rootfs.join(name))?.is_dir() {
@@ -47,14 +56,14 @@ pub fn install_pause_rootfs(dir: &Path) -> io::Result<PathBuf> {
             }
             other => other?,
         }
-        fs::set_permissions(rootfs.join(name), fs::Permissions::from_mode(0o755))?;
+        fs::set_permissions(rootfs.join(name), fs::Permissions::from_mode(DIR_MODE))?;
     }
     for name in MOUNTPOINT_FILES {
         let path = rootfs.join(name);
         match fs::OpenOptions::new()
             .write(true)
             .create_new(true)
-            .mode(0o644)
+            .mode(FILE_MODE)
             .open(&path)
         {
             Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {
@@ -64,6 +73,7 @@ pub fn install_pause_rootfs(dir: &Path) -> io::Result<PathBuf> {
             }
             other => drop(other?),
         }
+        fs::set_permissions(&path, fs::Permissions::from_mode(FILE_MODE))?;
     }
     install_binary(&rootfs.join(PAUSE_PATH.trim_start_matches('/')))?;
     Ok(rootfs)
@@ -95,7 +105,7 @@ fn release_pages(bytes: &[u8]) {
 fn install_binary_bytes(path: &Path) -> io::Result<()> {
     if let Ok(meta) = fs::symlink_metadata(path)
         && meta.is_file()
-        && meta.permissions().mode() & 0o7777 == 0o755
+        && meta.permissions().mode() & 0o7777 == BINARY_MODE
         && meta.len() == PAUSE_BINARY.len() as u64
         && fs::read(path)? == PAUSE_BINARY
     {
@@ -104,13 +114,13 @@ fn install_binary_bytes(path: &Path) -> io::Result<()> {
     let parent = path.parent().unwrap_or(Path::new("."));
     let mut temp = tempfile::Builder::new()
         .prefix(".pause.")
-        .permissions(fs::Permissions::from_mode(0o755))
+        .permissions(fs::Permissions::from_mode(BINARY_MODE))
         .tempfile_in(parent)?;
     temp.write_all(PAUSE_BINARY)?;
     temp.as_file().sync_all()?;
     // The umask may have narrowed the mode given at creation.
     temp.as_file()
-        .set_permissions(fs::Permissions::from_mode(0o755))?;
+        .set_permissions(fs::Permissions::from_mode(BINARY_MODE))?;
     temp.persist(path).map_err(|err| err.error)?;
     Ok(())
 }
@@ -160,13 +170,17 @@ mod tests {
         assert_eq!(rootfs, dir.path().join("rootfs"));
         let pause = rootfs.join("pause");
         let meta = fs::metadata(&pause).unwrap();
-        assert_eq!(meta.permissions().mode() & 0o7777, 0o755);
+        assert_eq!(meta.permissions().mode() & 0o7777, 0o711);
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode(&rootfs), 0o711);
         assert_eq!(fs::read(&pause).unwrap(), PAUSE_BINARY);
         for d in MOUNTPOINT_DIRS {
             assert!(rootfs.join(d).is_dir(), "{d}");
+            assert_eq!(mode(&rootfs.join(d)), 0o711, "{d}");
         }
         for f in MOUNTPOINT_FILES {
             assert_eq!(fs::metadata(rootfs.join(f)).unwrap().len(), 0, "{f}");
+            assert_eq!(mode(&rootfs.join(f)), 0o600, "{f}");
         }
         let mut names: Vec<_> = fs::read_dir(&rootfs)
             .unwrap()
@@ -187,7 +201,7 @@ mod tests {
         assert_eq!(fs::read(&pause).unwrap(), PAUSE_BINARY);
         assert_eq!(
             fs::metadata(&pause).unwrap().permissions().mode() & 0o7777,
-            0o755
+            0o711
         );
         // Existing mountpoint files are not truncated.
         fs::write(rootfs.join("etc/hosts"), b"127.0.0.1 localhost\n").unwrap();

@@ -132,6 +132,36 @@ pub fn stage(spec: &mut Spec, bundle: &Path, idmap: Option<BorrowedFd<'_>>) -> i
     Ok(())
 }
 
+/// Attaches an idmapped clone of `rootfs` (a tree crust shares between pods, the
+/// built-in pause's) at `<bundle>/staged/rootfs`, for a pod with its own user
+/// namespace: the runtime opens a rootfs as the pod's root, which the clone shows as
+/// its owner. Its path; detached by [`unstage`]. Blocking.
+pub fn stage_rootfs(
+    rootfs: &Path,
+    bundle: &Path,
+    idmap: BorrowedFd<'_>,
+) -> io::Result<std::path::PathBuf> {
+    let dir = bundle.join(STAGING_DIR);
+    if !dir.exists() {
+        std::fs::create_dir(&dir)?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711))?;
+    }
+    let target = dir.join("rootfs");
+    std::fs::create_dir_all(&target)?;
+    let attrs = TreeAttrs {
+        idmap: Some(idmap),
+        ..TreeAttrs::default()
+    };
+    if let Err(e) = mount_tree::attach(rootfs, &target, attrs) {
+        let _ = std::fs::remove_dir(&target);
+        return Err(io::Error::new(
+            e.kind(),
+            format!("{}: {e}", rootfs.display()),
+        ));
+    }
+    Ok(target)
+}
+
 /// Detaches every staged tree of `bundle` and removes the staging directory; nothing
 /// to do when there is none. Blocking. Idempotent, also after a crash mid-create.
 pub fn unstage(bundle: &Path) {
@@ -220,6 +250,61 @@ mod tests {
         assert!(!bundle.join(STAGING_DIR).exists());
         assert!(crate::mountinfo::mount_points_below(&bundle).is_empty());
         rustix::mount::unmount(&sub, rustix::mount::UnmountFlags::DETACH).unwrap();
+    }
+
+    #[test]
+    fn with_a_user_namespace_bind_mounts_are_idmapped_where_the_fs_allows() {
+        use std::os::fd::AsFd;
+        use std::os::unix::fs::MetadataExt;
+        if !is_root() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let source = dir.path().join("src");
+        std::fs::create_dir_all(&source).unwrap();
+        std::fs::write(source.join("file"), b"x").unwrap();
+        let bundle = dir.path().join("bundle");
+        std::fs::create_dir_all(&bundle).unwrap();
+        let bind = |source: &Path, destination: &str| {
+            MountBuilder::default()
+                .destination(destination)
+                .typ("bind")
+                .source(source)
+                .options(vec!["rbind".to_string(), "rw".to_string()])
+                .build()
+                .unwrap()
+        };
+        let mut spec = SpecBuilder::default()
+            .mounts(vec![
+                bind(&source, "/data"),
+                // sysfs has no idmapped mounts: bound as it is.
+                bind(Path::new("/sys/kernel"), "/kernel"),
+            ])
+            .build()
+            .unwrap();
+        let range = crust_util::userns::IdRange {
+            container_id: 0,
+            host_id: 1000,
+            length: 65536,
+        };
+        let ns = crust_util::userns::IdMappings {
+            uids: range,
+            gids: range,
+        }
+        .open_userns()
+        .unwrap();
+        stage(&mut spec, &bundle, Some(ns.as_fd())).unwrap();
+        let mounts = spec.mounts().as_ref().unwrap();
+        let staged = mounts[0].source().clone().unwrap();
+        assert_eq!(staged, bundle.join("staged/0"));
+        let meta = std::fs::metadata(staged.join("file")).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (1000, 1000));
+        assert_eq!(
+            mounts[1].source().as_deref(),
+            Some(Path::new("/sys/kernel"))
+        );
+        unstage(&bundle);
+        assert!(crate::mountinfo::mount_points_below(&bundle).is_empty());
     }
 
     #[test]

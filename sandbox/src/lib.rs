@@ -591,6 +591,27 @@ impl SandboxService {
                 options: vec!["rbind".into(), "rw".into()],
             });
         }
+        let bundle = self.bundle(&id);
+        let rootfs = match (&pause, record.userns) {
+            (Some(p), _) => p.rootfs.clone(),
+            (None, None) => self.pause_rootfs.clone(),
+            // The built-in rootfs is shared and root's: the pod's root sees it
+            // through an idmapped clone of its own.
+            (None, Some(maps)) => {
+                let (shared, staged_in) = (self.pause_rootfs.clone(), bundle.clone());
+                tokio::task::spawn_blocking(move || {
+                    let ns = maps.open_userns()?;
+                    crust_runtime::staging::stage_rootfs(
+                        &shared,
+                        &staged_in,
+                        std::os::fd::AsFd::as_fd(&ns),
+                    )
+                })
+                .await
+                .map_err(|e| step(&id, "pause rootfs", ErrorKind::Internal, e))?
+                .map_err(|e| step(&id, "pause rootfs", ErrorKind::Internal, e))?
+            }
+        };
         let spec = SandboxSpec {
             id: id.clone(),
             hostname: if host_network {
@@ -598,9 +619,7 @@ impl SandboxService {
             } else {
                 config.hostname.clone()
             },
-            rootfs: pause
-                .as_ref()
-                .map_or_else(|| self.pause_rootfs.clone(), |p| p.rootfs.clone()),
+            rootfs,
             readonly_rootfs: true,
             args: pause
                 .as_ref()
@@ -632,15 +651,17 @@ impl SandboxService {
             mounts,
             annotations: BTreeMap::new(),
             privileged: security.privileged,
-            userns: record.userns.zip(record.userns_pin.clone()).map(|(m, p)| (p, m)),
+            userns: record
+                .userns
+                .zip(record.userns_pin.clone())
+                .map(|(m, p)| (p, m)),
         };
-        let bundle = self.bundle(&id);
         std::fs::create_dir_all(&bundle)
             .map_err(|e| step(&id, "pause bundle", ErrorKind::Internal, e))?;
         pause_spec::write_bundle(&spec, &bundle)
             .map_err(|e| step(&id, "pause spec", runtime_kind(&e), e))?;
         let pid_file = bundle.join("pid");
-        runtime
+        let ran = runtime
             .run_detached(
                 &id,
                 &bundle,
@@ -649,8 +670,14 @@ impl SandboxService {
                     no_new_keyring: false,
                 },
             )
-            .await
-            .map_err(|e| step(&id, "pause start", runtime_kind(&e), e))?;
+            .await;
+        if record.userns.is_some() {
+            // The pause's mount namespace holds its own copy of a staged rootfs now.
+            let staged = bundle.clone();
+            let _ =
+                tokio::task::spawn_blocking(move || crust_runtime::staging::unstage(&staged)).await;
+        }
+        ran.map_err(|e| step(&id, "pause start", runtime_kind(&e), e))?;
         std::fs::read_to_string(&pid_file)
             .ok()
             .and_then(|s| s.trim().parse().ok())
@@ -755,6 +782,9 @@ impl SandboxService {
                 errors.push(format!("unmount shm: {e}"));
             }
             if files {
+                // A staged rootfs left by a crash is detached before the bundle goes,
+                // or the removal would reach into the tree it shows.
+                crust_runtime::staging::unstage(&bundle);
                 if let Err(e) = pod_files.remove() {
                     errors.push(format!("pod files: {e}"));
                 }

@@ -119,12 +119,15 @@ pub(crate) fn user_namespace(
     userns: &cri::UserNamespace,
     ns: &cri::NamespaceOption,
 ) -> Result<Option<IdMappings>> {
-    let invalid = |why: String| SandboxError::Invalid(format!("namespace_options.userns_options: {why}"));
+    let invalid =
+        |why: String| SandboxError::Invalid(format!("namespace_options.userns_options: {why}"));
     match cri::NamespaceMode::try_from(userns.mode) {
         Ok(cri::NamespaceMode::Node) if userns.uids.is_empty() && userns.gids.is_empty() => {
             Ok(None)
         }
-        Ok(cri::NamespaceMode::Node) => Err(invalid("NODE mode takes no uid or gid mappings".into())),
+        Ok(cri::NamespaceMode::Node) => {
+            Err(invalid("NODE mode takes no uid or gid mappings".into()))
+        }
         Ok(cri::NamespaceMode::Pod) => {
             let node = cri::NamespaceMode::Node as i32;
             for (what, mode) in [("network", ns.network), ("pid", ns.pid), ("ipc", ns.ipc)] {
@@ -356,8 +359,16 @@ mod tests {
             ..Default::default()
         };
         for (request, ns, says) in [
-            (userns(cri::NamespaceMode::Node, vec![range(0, 1000, 10)]), &pod, "NODE mode"),
-            (userns(cri::NamespaceMode::Container, vec![]), &pod, "CONTAINER"),
+            (
+                userns(cri::NamespaceMode::Node, vec![range(0, 1000, 10)]),
+                &pod,
+                "NODE mode",
+            ),
+            (
+                userns(cri::NamespaceMode::Container, vec![]),
+                &pod,
+                "CONTAINER",
+            ),
             (userns(cri::NamespaceMode::Target, vec![]), &pod, "TARGET"),
             (userns(cri::NamespaceMode::Pod, vec![]), &pod, "0 given"),
             (
@@ -368,14 +379,38 @@ mod tests {
                 &pod,
                 "2 given",
             ),
-            (userns(cri::NamespaceMode::Pod, vec![range(1, 1000, 100_000)]), &pod, "container id 0"),
-            (userns(cri::NamespaceMode::Pod, vec![range(0, 0, 65536)]), &pod, "host's root"),
-            (userns(cri::NamespaceMode::Pod, vec![range(0, 1000, 0)]), &pod, "32-bit"),
-            (userns(cri::NamespaceMode::Pod, vec![range(0, u32::MAX, 2)]), &pod, "32-bit"),
-            (userns(cri::NamespaceMode::Pod, vec![range(0, 1000, 10)]), &host_net, "network"),
+            (
+                userns(cri::NamespaceMode::Pod, vec![range(1, 1000, 100_000)]),
+                &pod,
+                "container id 0",
+            ),
+            (
+                userns(cri::NamespaceMode::Pod, vec![range(0, 0, 65536)]),
+                &pod,
+                "host's root",
+            ),
+            (
+                userns(cri::NamespaceMode::Pod, vec![range(0, 1000, 0)]),
+                &pod,
+                "32-bit",
+            ),
+            (
+                userns(cri::NamespaceMode::Pod, vec![range(0, u32::MAX, 2)]),
+                &pod,
+                "32-bit",
+            ),
+            (
+                userns(cri::NamespaceMode::Pod, vec![range(0, 1000, 10)]),
+                &host_net,
+                "network",
+            ),
         ] {
             let err = user_namespace(&request, ns).unwrap_err();
-            assert_eq!(err.kind(), crate::error::ErrorKind::InvalidArgument, "{err}");
+            assert_eq!(
+                err.kind(),
+                crate::error::ErrorKind::InvalidArgument,
+                "{err}"
+            );
             assert!(err.to_string().contains(says), "{says}: {err}");
         }
     }

@@ -304,10 +304,11 @@ async fn create(
     if let (Some(maps), Some(dir)) = (&sandbox.userns, mountpoint.parent()) {
         // The runtime reaches the rootfs as the pod's root.
         let (gid, dir) = (maps.gids.host_id, dir.to_path_buf());
-        let made = tokio::task::spawn_blocking(move || crust_runtime::fsmode::userns_dir(&dir, gid))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))
-            .and_then(|r| r.map_err(|e| Status::internal(format!("container state dir: {e}"))));
+        let made =
+            tokio::task::spawn_blocking(move || crust_runtime::fsmode::userns_dir(&dir, gid))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))
+                .and_then(|r| r.map_err(|e| Status::internal(format!("container state dir: {e}"))));
         if let Err(e) = made {
             services.containers.unreserve(&sandbox.id, &config, &id);
             return Err(e);

@@ -268,8 +268,8 @@ async fn run_pod(
         // Outside the sandbox's own state dir, which its removal deletes.
         let mountpoint = services.config.state.join("pause-rootfs").join(&id);
         // A bad user namespace request is refused before anything is mounted for it.
-        let idmap = crust_sandbox::user_namespace_of(&config)
-            .map_err(|e| error::sandbox_status(&e))?;
+        let idmap =
+            crust_sandbox::user_namespace_of(&config).map_err(|e| error::sandbox_status(&e))?;
         let rootfs = services
             .images
             .create_rootfs(&image, &pause_rootfs_key(&id), &mountpoint, idmap)

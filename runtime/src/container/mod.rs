@@ -646,7 +646,8 @@ impl ContainerService {
         // container user can use them), resolved inside it: a layer's symlink must
         // not make root create directories on the host.
         for volume in &built.image_volumes {
-            crate::inroot::create_dir_all_in_root(rootfs, volume, 0o755).map_err(|e| {
+            let owner = built.userns.and_then(|m| m.host_root());
+            crate::inroot::create_dir_all_in_root(rootfs, volume, 0o755, owner).map_err(|e| {
                 ContainerError::Invalid(format!(
                     "container {id}: image volume {volume:?}: cannot create it in the rootfs: {e}"
                 ))

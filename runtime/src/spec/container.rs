@@ -957,10 +957,7 @@ fn selinux_label(
 }
 
 /// A process in a user namespace can only be users and groups the namespace maps.
-fn check_user_is_mapped(
-    user: &ResolvedUser,
-    maps: &crust_util::userns::IdMappings,
-) -> Result<()> {
+fn check_user_is_mapped(user: &ResolvedUser, maps: &crust_util::userns::IdMappings) -> Result<()> {
     if maps.uids.to_host(user.uid).is_none() {
         return Err(RuntimeError::invalid(
             "user",
