@@ -158,6 +158,7 @@ async fn a_blob_longer_than_its_descriptor_is_cut_off() {
     // length promised and no end, so only the descriptor's size can stop it.
     let blob = image.layers[0].data.clone();
     let fake = serve(image.clone(), move |_| Reply::Endless {
+        status: 200,
         content_length: None,
         chunk: blob.clone(),
         pause: Duration::ZERO,
@@ -177,6 +178,7 @@ async fn a_registry_that_stops_sending_times_out() {
     let size = image.layers[0].data.len() as u64;
     // The right length promised, a first chunk sent, then silence.
     let fake = serve(image.clone(), move |_| Reply::Endless {
+        status: 200,
         content_length: Some(size),
         chunk: vec![0x5a; 1024],
         pause: Duration::from_secs(3600),
@@ -235,6 +237,7 @@ async fn an_endless_manifest_is_cut_at_the_cap(content_length: Option<u64>) {
             Reply::ok("application/json", b"{}".to_vec())
         } else if r.path.ends_with("/manifests/1") {
             Reply::Endless {
+                status: 200,
                 content_length,
                 chunk: vec![b' '; 64 << 10],
                 pause: Duration::ZERO,
@@ -412,4 +415,62 @@ async fn a_sparse_file_unpacks_with_its_holes() {
     assert!(meta.blocks() < 1024, "{} blocks allocated", meta.blocks());
     let data = fs::read(&unpacked).unwrap();
     assert_eq!(&data[32 << 20..(32 << 20) + 4096], &[b'x'; 4096][..]);
+}
+
+/// A registry that serves a valid manifest and config but answers the layer blob with
+/// `status` and a body that never ends (chunked), or that claims 1 GiB: the pull must
+/// fail at once, naming the status and the layer, without crustd reading the body.
+async fn an_endless_blob_error_is_not_read(status: u16, content_length: Option<u64>) {
+    let image = oci::build_image(&oci::busybox_image());
+    let layer = image.layers[0].digest.clone();
+    let fake = serve(image, move |_| Reply::Endless {
+        status,
+        content_length,
+        chunk: vec![b'x'; 64 << 10],
+        pause: Duration::ZERO,
+    });
+    let d = Crustd::start().await;
+    let mut c = d.client().await;
+    let before = tree(&d.root());
+    // Warm the daemon up (reference grammar, registry clients) so that only the blob's
+    // error response is measured.
+    let missing = pull(&mut c, &format!("{}/app:missing", fake.host())).await;
+    assert_eq!(missing.unwrap_err().code(), Code::NotFound);
+    fs::write(format!("/proc/{}/clear_refs", d.pid()), "5").unwrap();
+    let rss_before = vm_kib(d.pid(), "VmRSS");
+    let started = Instant::now();
+    let err = pull_within(&mut c, &format!("{}/app:1", fake.host()), 20).await;
+    let took = started.elapsed();
+    let peak = vm_kib(d.pid(), "VmHWM");
+    eprintln!(
+        "refused in {took:?}; VmRSS before {rss_before} KiB, VmHWM after {peak} KiB: {err:?}"
+    );
+    let code = if status == 404 {
+        Code::NotFound
+    } else {
+        Code::Internal
+    };
+    assert_eq!(err.code(), code, "{err:?}");
+    assert!(err.message().contains(&layer), "{err:?}");
+    assert!(err.message().contains(&status.to_string()), "{err:?}");
+    // What is quoted of the body is bounded too: a status message of megabytes would
+    // break the gRPC response.
+    assert!(err.message().len() < 4096, "{} bytes", err.message().len());
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    assert!(
+        peak.saturating_sub(rss_before) < 16 << 10,
+        "crustd's peak resident set grew from {rss_before} KiB to {peak} KiB"
+    );
+    assert_eq!(images(&mut c).await, 0);
+    assert_eq!(tree(&d.root()), before);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_blob_500_with_an_endless_body_fails_without_reading_it() {
+    an_endless_blob_error_is_not_read(500, None).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_blob_404_claiming_1_gib_fails_without_reading_it() {
+    an_endless_blob_error_is_not_read(404, Some(1 << 30)).await;
 }

@@ -388,3 +388,209 @@ async fn a_bearer_token_registry_authorises_manifests_and_blobs() {
         "no secret, bearer registry",
     );
 }
+
+/// The form fields of a request body, as `key=value` strings (still URL-encoded).
+fn form_fields(body: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(body)
+        .split('&')
+        .map(str::to_string)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_identity_token_is_exchanged_for_an_access_token() {
+    // A token server that takes only an OAuth2 refresh-token POST, as containerd sends
+    // it, and a registry that takes only the access token it hands out.
+    let tokens = FakeRegistry::start(|r| {
+        let fields = form_fields(&r.body);
+        let form = r
+            .headers
+            .to_ascii_lowercase()
+            .contains("content-type: application/x-www-form-urlencoded");
+        let has = |f: &str| fields.iter().any(|x| x == f);
+        let shape = [
+            "grant_type=refresh_token",
+            "client_id=crust",
+            "service=fake",
+        ]
+        .iter()
+        .all(|f| has(f))
+            && has("scope=repository%3Aapp%3Apull");
+        if r.method != "POST" || !r.path.starts_with("/token") || !form || !shape {
+            Reply::Full {
+                status: 405,
+                headers: vec![],
+                body: b"POST a refresh token".to_vec(),
+            }
+        } else if has("refresh_token=refresh-1") {
+            Reply::ok(
+                "application/json",
+                br#"{"access_token":"access-1","expires_in":300,"scope":"repository:app:pull"}"#
+                    .to_vec(),
+            )
+        } else {
+            Reply::Full {
+                status: 400,
+                headers: vec![("Content-Type".into(), "application/json".into())],
+                body: br#"{"error":"invalid_grant"}"#.to_vec(),
+            }
+        }
+    });
+    let image = oci::build_image(&oci::busybox_image());
+    let realm = format!("http://{}/token", tokens.host());
+    let fake = {
+        let image = image.clone();
+        FakeRegistry::start(move |r| {
+            let blob = |b: &oci::Blob| r.path.ends_with(&format!("/blobs/{}", b.digest));
+            if !r
+                .headers
+                .lines()
+                .any(|l| l.eq_ignore_ascii_case("authorization: bearer access-1"))
+            {
+                Reply::Full {
+                    status: 401,
+                    headers: vec![(
+                        "WWW-Authenticate".into(),
+                        format!("Bearer realm=\"{realm}\",service=\"fake\""),
+                    )],
+                    body: br#"{"errors":[{"code":"UNAUTHORIZED","message":"token"}]}"#.to_vec(),
+                }
+            } else if r.path.ends_with("/manifests/1") {
+                Reply::ok(&image.manifest.media_type, image.manifest.data.clone())
+            } else if blob(&image.config) {
+                Reply::ok("application/octet-stream", image.config.data.clone())
+            } else if blob(&image.layers[0]) {
+                Reply::ok("application/octet-stream", image.layers[0].data.clone())
+            } else {
+                Reply::not_found()
+            }
+        })
+    };
+    let d = Crustd::start().await;
+    hosts_toml(
+        &d,
+        &fake.host(),
+        &format!("server = \"http://{}\"\n", fake.host()),
+    );
+    let mut c = d.client().await;
+    let name = format!("{}/app:1", fake.host());
+    let identity = |token: &str| cri::AuthConfig {
+        identity_token: token.into(),
+        server_address: fake.host(),
+        ..Default::default()
+    };
+    assert_eq!(
+        pull_with(&mut c, &name, identity("refresh-1"))
+            .await
+            .unwrap(),
+        image.config.digest
+    );
+    let exchanges = tokens.seen();
+    assert!(
+        exchanges.iter().any(|r| r.method == "POST"),
+        "{exchanges:?}"
+    );
+    // The refresh token went only into the POST's body: never to the registry, never
+    // into a URL or a header.
+    for r in fake.seen().iter().chain(&exchanges) {
+        assert!(
+            !r.headers.contains("refresh-1") && !r.path.contains("refresh-1"),
+            "{r:?}"
+        );
+    }
+    // A wrong identity token is refused by the token server: PermissionDenied, even
+    // though the image is present.
+    let err = pull_with(&mut c, &name, identity("refresh-wrong"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    assert!(err.message().contains("identity token"), "{err:?}");
+    assert!(err.message().contains("400"), "{err:?}");
+    assert!(!err.message().contains("refresh-wrong"), "{err:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn blob_redirects_to_a_storage_host_carry_no_credentials() {
+    // A registry that wants basic credentials and sends its layer blob to a storage
+    // host, as registries backed by object stores do.
+    let image = oci::build_image(&oci::busybox_image());
+    let layer = image.layers[0].clone();
+    let storage_refuses = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let storage = {
+        let (layer, refuses) = (layer.clone(), Arc::clone(&storage_refuses));
+        FakeRegistry::start(move |r| {
+            if refuses.load(std::sync::atomic::Ordering::Relaxed) {
+                // Asks for credentials it must not get.
+                Reply::basic_challenge()
+            } else if r.path.starts_with(&format!("/storage/{}", layer.digest)) {
+                Reply::ok("application/octet-stream", layer.data.clone())
+            } else {
+                Reply::not_found()
+            }
+        })
+    };
+    let storage_host = storage.host();
+    let fake = {
+        let image = image.clone();
+        FakeRegistry::start(move |r| {
+            let blob = |b: &oci::Blob| r.path.ends_with(&format!("/blobs/{}", b.digest));
+            if !r.headers.contains("Basic dTpw") {
+                Reply::basic_challenge()
+            } else if r.path.ends_with("/manifests/1") {
+                Reply::ok(&image.manifest.media_type, image.manifest.data.clone())
+            } else if blob(&image.config) {
+                Reply::ok("application/octet-stream", image.config.data.clone())
+            } else if blob(&image.layers[0]) {
+                Reply::Full {
+                    status: 307,
+                    headers: vec![(
+                        "Location".into(),
+                        format!(
+                            "http://{storage_host}/storage/{}?sig=1",
+                            image.layers[0].digest
+                        ),
+                    )],
+                    body: Vec::new(),
+                }
+            } else {
+                Reply::not_found()
+            }
+        })
+    };
+    let d = Crustd::start().await;
+    hosts_toml(
+        &d,
+        &fake.host(),
+        &format!("server = \"http://{}\"\n", fake.host()),
+    );
+    let mut c = d.client().await;
+    let name = format!("{}/app:1", fake.host());
+    assert_eq!(
+        pull_with(&mut c, &name, secret_for(&fake.host()))
+            .await
+            .unwrap(),
+        image.config.digest
+    );
+    assert!(
+        fake.seen()
+            .iter()
+            .any(|r| r.path.contains(&layer.digest) && r.has_authorization()),
+        "the registry was asked for the blob with credentials"
+    );
+    // A storage host that asks for credentials gets none either: the pull fails.
+    remove(&mut c, &name).await;
+    storage_refuses.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert_refused(
+        pull_with(&mut c, &name, secret_for(&fake.host())).await,
+        "a storage host that wants credentials",
+    );
+    let seen = storage.seen();
+    assert!(seen.len() >= 2, "{seen:?}");
+    for r in &seen {
+        assert!(
+            !r.has_authorization(),
+            "credentials followed a redirect to {}: {r:?}",
+            storage.host()
+        );
+    }
+}

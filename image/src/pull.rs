@@ -12,9 +12,9 @@ use crate::manifest::{
     self, DOCKER_LIST, DOCKER_MANIFEST, MAX_METADATA_BYTES, METADATA_RULE, OCI_INDEX, OCI_MANIFEST,
     Resolved, sha256_of,
 };
-use crate::registry::{Route, error_chain, registry_error};
-use crate::registry_manifest;
+use crate::registry::{Route, error_chain};
 use crate::source::{BlobError, BlobSource, BlobStream, Job};
+use crate::{registry_http, registry_manifest};
 
 const ACCEPTED_MANIFESTS: &[&str] = &[OCI_INDEX, DOCKER_LIST, OCI_MANIFEST, DOCKER_MANIFEST];
 
@@ -73,21 +73,21 @@ impl BlobSource for RegistrySource {
     }
 
     async fn blob(&self, job: &Job, digest: &str, _size: u64) -> Result<BlobStream> {
+        // Through the same client and authentication as the manifests, so that an
+        // error answer is read only as far as its message needs, and a 200 streams to
+        // the callers, which stop it at the descriptor's size and check its digest.
         let route = &self.route;
-        let blob = route
-            .client
-            .pull_blob_stream(&route.reference, digest)
-            .await
-            .map_err(|e| registry_error(&job.name, &route.endpoint, e))?;
+        let url = registry_http::url(route, &route.reference, "blobs", digest);
+        let what = format!("blob {digest}");
+        let response =
+            registry_http::get(&job.name, route, &route.reference, &url, &[], &what).await?;
         Ok(BlobStream {
-            content_length: blob.content_length,
-            stream: blob
-                .stream
+            content_length: response.content_length(),
+            stream: response
+                .bytes_stream()
                 .map_err(|e| BlobError {
-                    // oci-client checks the digest as the bytes stream and fails the
-                    // last read with an I/O error saying so.
-                    digest_check: e.to_string().to_lowercase().contains("digest"),
                     message: error_chain(&e),
+                    digest_check: false,
                 })
                 .boxed(),
         })

@@ -15,7 +15,13 @@
 //!   plain HTTP that loopback registries get by default carries no credentials;
 //! - a request's credentials whose `server_address` names another registry are not
 //!   used at all (kubelet sends one per matching secret; containerd's `ParseAuth`
-//!   drops a mismatch the same way): that pull is anonymous.
+//!   drops a mismatch the same way): that pull is anonymous;
+//! - to a token realm the registry names only as the registry itself is reached: over
+//!   https, or over plain HTTP when the registry is (see [`crate::registry_token`]).
+//!
+//! Manifests and blobs are fetched by crust's own requests ([`crate::registry_http`],
+//! with reqwest), which bound every body they read; oci-client provides only the
+//! reference and error-format types.
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -24,10 +30,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine;
-use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
-use oci_client::errors::{OciDistributionError, OciErrorCode};
-use oci_client::secrets::RegistryAuth;
-use oci_client::{Client, Reference};
+use oci_client::Reference;
 use sha2::{Digest, Sha256};
 
 use crate::error::{ErrorKind, ImageError, Op, Result};
@@ -47,7 +50,8 @@ pub struct Credentials {
     /// `base64(username:password)`, as in Docker's config.json.
     #[serde(default)]
     pub auth: String,
-    /// An identity token, sent as a bearer token.
+    /// An identity token: an OAuth2 refresh token, exchanged at the registry's token
+    /// server for a bearer token.
     #[serde(default)]
     pub identity_token: String,
     /// A registry token, sent as a bearer token.
@@ -86,25 +90,20 @@ impl Credentials {
         self.server_address.trim().is_empty() || names_registry(&self.server_address, registry)
     }
 
-    /// The registry client's form of these credentials.
-    pub(crate) fn to_auth(&self, reference: &str) -> Result<RegistryAuth> {
+    /// The form in which requests present these credentials.
+    pub(crate) fn to_auth(&self, reference: &str) -> Result<Auth> {
         if !self.registry_token.is_empty() {
-            return Ok(RegistryAuth::Bearer(self.registry_token.clone()));
+            return Ok(Auth::Bearer(self.registry_token.clone()));
         }
         // A user name wins over an identity token, as in containerd's ParseAuth.
         if !self.username.is_empty() {
-            return Ok(RegistryAuth::Basic(
-                self.username.clone(),
-                self.password.clone(),
-            ));
+            return Ok(Auth::Basic(self.username.clone(), self.password.clone()));
         }
         if !self.identity_token.is_empty() {
-            // oci-client has no OAuth2 refresh-token exchange; registries that accept the
-            // identity token as a bearer token work, others refuse it.
-            return Ok(RegistryAuth::Bearer(self.identity_token.clone()));
+            return Ok(Auth::RefreshToken(self.identity_token.clone()));
         }
         if !self.password.is_empty() {
-            return Ok(RegistryAuth::Basic(String::new(), self.password.clone()));
+            return Ok(Auth::Basic(String::new(), self.password.clone()));
         }
         if !self.auth.is_empty() {
             let bad = |why: &str| ImageError::Source {
@@ -121,12 +120,37 @@ impl Credentials {
                 .split_once(':')
                 .ok_or_else(|| bad("not user:password"))?;
             // Docker's config.json pads with NULs at times; containerd trims them too.
-            return Ok(RegistryAuth::Basic(
+            return Ok(Auth::Basic(
                 user.to_string(),
                 pass.trim_matches('\0').to_string(),
             ));
         }
-        Ok(RegistryAuth::Anonymous)
+        Ok(Auth::Anonymous)
+    }
+}
+
+/// Credentials as requests present them.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) enum Auth {
+    /// None.
+    Anonymous,
+    /// User and password: basic auth to the registry, or to its token server.
+    Basic(String, String),
+    /// A registry token (CRI's `registry_token`): the bearer token itself.
+    Bearer(String),
+    /// An OAuth2 refresh token (CRI's `identity_token`), exchanged at the token server.
+    RefreshToken(String),
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Secrets never reach a log line.
+        match self {
+            Auth::Anonymous => f.write_str("Anonymous"),
+            Auth::Basic(user, _) => write!(f, "Basic({user:?}, \"<redacted>\")"),
+            Auth::Bearer(_) => f.write_str("Bearer(<redacted>)"),
+            Auth::RefreshToken(_) => f.write_str("RefreshToken(<redacted>)"),
+        }
     }
 }
 
@@ -202,13 +226,13 @@ const MAX_AUTHORIZATIONS: usize = 64;
 /// `Authorization` header values that earned a manifest, per repository.
 pub(crate) type Authorizations = Arc<Mutex<LruCache<String, String>>>;
 
-/// What one endpoint and set of credentials talk through: oci-client for blobs, and
-/// a plain HTTP client of the same stack and settings for manifests, which oci-client
-/// would read whole before anyone could check their size.
+/// What one endpoint and set of credentials talk through: an HTTP client for the
+/// registry, one of the same settings that follows no redirects for its token server,
+/// and the `Authorization` headers earned so far.
 #[derive(Clone)]
 struct EndpointClients {
-    oci: Client,
     http: reqwest::Client,
+    token_http: reqwest::Client,
     authorizations: Authorizations,
 }
 
@@ -224,16 +248,19 @@ struct ClientKey {
 /// credentials this endpoint may see.
 #[derive(Clone)]
 pub(crate) struct Route {
-    pub(crate) client: Client,
-    /// The HTTP client manifests are fetched with (see [`crate::registry_manifest`]).
+    /// The HTTP client manifests and blobs are fetched with (see
+    /// [`crate::registry_http`]).
     pub(crate) http: reqwest::Client,
-    /// `Authorization` headers earned before, per repository, for manifest fetches.
+    /// The HTTP client of token requests: the same settings, no redirects, so that
+    /// credentials reach the realm the registry named and nowhere else.
+    pub(crate) token_http: reqwest::Client,
+    /// `Authorization` headers earned before, per repository.
     pub(crate) authorizations: Authorizations,
     /// `http` or `https`.
     pub(crate) scheme: &'static str,
     pub(crate) reference: Reference,
     pub(crate) endpoint: String,
-    pub(crate) auth: RegistryAuth,
+    pub(crate) auth: Auth,
     /// Why credentials meant for this registry were not sent to this endpoint, for
     /// the error message when it then refuses us.
     pub(crate) withheld: Option<String>,
@@ -287,7 +314,7 @@ impl<K: Hash + Eq + Clone, V: Clone> LruCache<K, V> {
 }
 
 /// A digest naming credentials without holding them; `None` for anonymous access.
-fn fingerprint(auth: &RegistryAuth) -> Option<[u8; 32]> {
+fn fingerprint(auth: &Auth) -> Option<[u8; 32]> {
     let mut h = Sha256::new();
     // Length-prefixed fields, so ("ab", "c") and ("a", "bc") differ.
     let mut field = |b: &[u8]| {
@@ -295,14 +322,18 @@ fn fingerprint(auth: &RegistryAuth) -> Option<[u8; 32]> {
         h.update(b);
     };
     match auth {
-        RegistryAuth::Anonymous => return None,
-        RegistryAuth::Basic(user, pass) => {
+        Auth::Anonymous => return None,
+        Auth::Basic(user, pass) => {
             field(b"basic");
             field(user.as_bytes());
             field(pass.as_bytes());
         }
-        RegistryAuth::Bearer(token) => {
+        Auth::Bearer(token) => {
             field(b"bearer");
+            field(token.as_bytes());
+        }
+        Auth::RefreshToken(token) => {
+            field(b"refresh");
             field(token.as_bytes());
         }
     }
@@ -390,7 +421,7 @@ impl Registries {
             }
             let auth = match creds {
                 Some(c) => c.to_auth(&name)?,
-                None => RegistryAuth::Anonymous,
+                None => Auth::Anonymous,
             };
             let clients = self.client_for(&ep, &auth, &name)?;
             let mut reference = image.client_ref().clone();
@@ -402,8 +433,8 @@ impl Registries {
                 reference.set_mirror_registry(ep.host.clone());
             }
             routes.push(Route {
-                client: clients.oci,
                 http: clients.http,
+                token_http: clients.token_http,
                 authorizations: clients.authorizations,
                 scheme: scheme_name(ep.scheme),
                 reference,
@@ -426,7 +457,7 @@ impl Registries {
     fn client_for(
         &self,
         ep: &RegistryEndpoint,
-        auth: &RegistryAuth,
+        auth: &Auth,
         reference: &str,
     ) -> Result<EndpointClients> {
         let key = ClientKey {
@@ -446,49 +477,38 @@ impl Registries {
             message: format!("ca file {}: {why}", ca.display()),
             kind: ErrorKind::FailedPrecondition,
         };
-        let mut extra_root_certificates = Vec::new();
-        let mut http = reqwest::Client::builder()
-            .danger_accept_invalid_certs(ep.skip_verify)
-            .connect_timeout(ep.dial_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT))
-            .read_timeout(self.options.read_timeout)
-            .user_agent(MANIFEST_USER_AGENT)
-            // reqwest drops the Authorization header on a redirect to another host,
-            // scheme or port, so a redirect never carries our credentials away.
-            .redirect(reqwest::redirect::Policy::limited(5));
+        let mut certificates = Vec::new();
         for ca in &ep.ca_files {
             let data = std::fs::read(ca).map_err(|e| bad_ca(ca, e.to_string()))?;
-            http = http.tls_certs_merge([
-                reqwest::Certificate::from_pem(&data).map_err(|e| bad_ca(ca, e.to_string()))?
-            ]);
-            extra_root_certificates.push(Certificate {
-                encoding: CertificateEncoding::Pem,
-                data,
-            });
+            certificates.push(
+                reqwest::Certificate::from_pem(&data).map_err(|e| bad_ca(ca, e.to_string()))?,
+            );
         }
-        let http = http.build().map_err(|e| ImageError::Source {
-            op: Op::Pull,
-            reference: reference.to_string(),
-            message: format!("http client for {}: {}", ep.host, error_chain(&e)),
-            kind: ErrorKind::Internal,
-        })?;
-        let config = ClientConfig {
-            protocol: match ep.scheme {
-                Scheme::Http => ClientProtocol::Http,
-                Scheme::Https => ClientProtocol::Https,
-            },
-            accept_invalid_certificates: ep.skip_verify,
-            extra_root_certificates,
-            connect_timeout: Some(ep.dial_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT)),
-            // Without it a registry that stops sending mid-blob holds the pull until
-            // kubelet gives up, and its layer lock with it.
-            read_timeout: Some(self.options.read_timeout),
-            // Platform resolution is ours (see pull.rs): the client only moves bytes.
-            platform_resolver: None,
-            ..Default::default()
+        let build = |redirect: reqwest::redirect::Policy| {
+            reqwest::Client::builder()
+                .danger_accept_invalid_certs(ep.skip_verify)
+                .connect_timeout(ep.dial_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT))
+                // Without it a registry that stops sending mid-blob holds the pull until
+                // kubelet gives up, and its layer lock with it.
+                .read_timeout(self.options.read_timeout)
+                .user_agent(USER_AGENT)
+                .tls_certs_merge(certificates.iter().cloned())
+                .redirect(redirect)
+                .build()
+                .map_err(|e| ImageError::Source {
+                    op: Op::Pull,
+                    reference: reference.to_string(),
+                    message: format!("http client for {}: {}", ep.host, error_chain(&e)),
+                    kind: ErrorKind::Internal,
+                })
         };
         let made = EndpointClients {
-            oci: Client::new(config),
-            http,
+            // reqwest drops the Authorization header on a redirect to another host,
+            // scheme or port, so a redirect never carries our credentials away.
+            http: build(reqwest::redirect::Policy::limited(5))?,
+            // A POST redirected with 307 or 308 would take its body, the refresh
+            // token, along: token servers get no redirects at all.
+            token_http: build(reqwest::redirect::Policy::none())?,
             authorizations: Arc::new(Mutex::new(LruCache::new(MAX_AUTHORIZATIONS))),
         };
         clients.insert(key, made.clone());
@@ -496,58 +516,13 @@ impl Registries {
     }
 }
 
-/// The User-Agent of manifest requests (oci-client's own requests carry its name).
-const MANIFEST_USER_AGENT: &str = concat!("crust/", env!("CARGO_PKG_VERSION"));
+/// The User-Agent of registry requests.
+const USER_AGENT: &str = concat!("crust/", env!("CARGO_PKG_VERSION"));
 
 fn scheme_name(s: Scheme) -> &'static str {
     match s {
         Scheme::Http => "http",
         Scheme::Https => "https",
-    }
-}
-
-/// Maps a registry client error to ours, keeping its message.
-pub(crate) fn registry_error(
-    reference: &str,
-    endpoint: &str,
-    e: OciDistributionError,
-) -> ImageError {
-    let kind = match &e {
-        OciDistributionError::ImageManifestNotFoundError(_) => ErrorKind::NotFound,
-        OciDistributionError::AuthenticationFailure(_)
-        | OciDistributionError::UnauthorizedError { .. } => ErrorKind::PermissionDenied,
-        OciDistributionError::RegistryError { envelope, .. } => {
-            match envelope.errors.first().map(|e| &e.code) {
-                Some(
-                    OciErrorCode::ManifestUnknown
-                    | OciErrorCode::NameUnknown
-                    | OciErrorCode::BlobUnknown
-                    | OciErrorCode::NotFound,
-                ) => ErrorKind::NotFound,
-                Some(OciErrorCode::Unauthorized | OciErrorCode::Denied) => {
-                    ErrorKind::PermissionDenied
-                }
-                Some(OciErrorCode::Toomanyrequests) => ErrorKind::Unavailable,
-                _ => ErrorKind::Internal,
-            }
-        }
-        OciDistributionError::ServerError { code, .. } => match code {
-            401 | 403 => ErrorKind::PermissionDenied,
-            404 => ErrorKind::NotFound,
-            429 | 502..=504 => ErrorKind::Unavailable,
-            _ => ErrorKind::Internal,
-        },
-        OciDistributionError::RequestError(_) | OciDistributionError::IoError(_) => {
-            ErrorKind::Unavailable
-        }
-        OciDistributionError::DigestError(_) => ErrorKind::Internal,
-        _ => ErrorKind::Internal,
-    };
-    ImageError::Source {
-        op: Op::Pull,
-        reference: reference.to_string(),
-        message: format!("{endpoint}: {}", error_chain(&e)),
-        kind,
     }
 }
 
@@ -624,14 +599,18 @@ mod tests {
 
     #[test]
     fn fingerprints_tell_credentials_apart() {
-        let b = |u: &str, p: &str| RegistryAuth::Basic(u.into(), p.into());
-        assert_eq!(fingerprint(&RegistryAuth::Anonymous), None);
+        let b = |u: &str, p: &str| Auth::Basic(u.into(), p.into());
+        assert_eq!(fingerprint(&Auth::Anonymous), None);
         assert_eq!(fingerprint(&b("u", "p")), fingerprint(&b("u", "p")));
         assert_ne!(fingerprint(&b("u", "p")), fingerprint(&b("u", "p2")));
         assert_ne!(fingerprint(&b("ab", "c")), fingerprint(&b("a", "bc")));
         assert_ne!(
-            fingerprint(&RegistryAuth::Bearer("t".into())),
+            fingerprint(&Auth::Bearer("t".into())),
             fingerprint(&b("t", ""))
+        );
+        assert_ne!(
+            fingerprint(&Auth::Bearer("t".into())),
+            fingerprint(&Auth::RefreshToken("t".into()))
         );
     }
 
@@ -785,41 +764,39 @@ mod tests {
         };
         assert_eq!(
             format!("{:?}", c.to_auth("r").unwrap()),
-            format!("{:?}", RegistryAuth::Basic("u".into(), "p:x".into()))
+            format!("{:?}", Auth::Basic("u".into(), "p:x".into()))
         );
         let c = Credentials {
             username: "a".into(),
             password: "b".into(),
             ..Default::default()
         };
-        assert!(
-            matches!(c.to_auth("r").unwrap(), RegistryAuth::Basic(u, p) if u == "a" && p == "b")
-        );
+        assert!(matches!(c.to_auth("r").unwrap(), Auth::Basic(u, p) if u == "a" && p == "b"));
         let c = Credentials {
             registry_token: "t".into(),
             username: "a".into(),
             ..Default::default()
         };
-        assert!(matches!(c.to_auth("r").unwrap(), RegistryAuth::Bearer(t) if t == "t"));
+        assert!(matches!(c.to_auth("r").unwrap(), Auth::Bearer(t) if t == "t"));
         let c = Credentials {
             identity_token: "i".into(),
             username: "a".into(),
             ..Default::default()
         };
-        assert!(matches!(c.to_auth("r").unwrap(), RegistryAuth::Basic(u, _) if u == "a"));
+        assert!(matches!(c.to_auth("r").unwrap(), Auth::Basic(u, _) if u == "a"));
         let c = Credentials {
             auth: base64::engine::general_purpose::STANDARD.encode("u:p\0\0"),
             ..Default::default()
         };
-        assert!(matches!(c.to_auth("r").unwrap(), RegistryAuth::Basic(_, p) if p == "p"));
+        assert!(matches!(c.to_auth("r").unwrap(), Auth::Basic(_, p) if p == "p"));
         let c = Credentials {
             identity_token: "i".into(),
             ..Default::default()
         };
-        assert!(matches!(c.to_auth("r").unwrap(), RegistryAuth::Bearer(t) if t == "i"));
+        assert!(matches!(c.to_auth("r").unwrap(), Auth::RefreshToken(t) if t == "i"));
         assert!(matches!(
             Credentials::default().to_auth("r").unwrap(),
-            RegistryAuth::Anonymous
+            Auth::Anonymous
         ));
         let bad = Credentials {
             auth: "!!!".into(),
@@ -839,5 +816,12 @@ mod tests {
             )
             .contains("secret")
         );
+        for auth in [
+            Auth::Basic("u".into(), "secret".into()),
+            Auth::Bearer("secret".into()),
+            Auth::RefreshToken("secret".into()),
+        ] {
+            assert!(!format!("{auth:?}").contains("secret"), "{auth:?}");
+        }
     }
 }

@@ -20,6 +20,8 @@ pub struct SeenRequest {
     pub path: String,
     /// The header lines as sent, without the request line.
     pub headers: String,
+    /// The body, as long as its `Content-Length` said (token requests are POSTs).
+    pub body: Vec<u8>,
 }
 
 impl SeenRequest {
@@ -39,10 +41,11 @@ pub enum Reply {
         headers: Vec<(String, String)>,
         body: Vec<u8>,
     },
-    /// A 200 that promises `content_length` bytes (or none, when `None`: then the body is
-    /// chunked and never ends) and sends `chunk` over and over, forever or until the peer
-    /// goes, pausing `pause` between chunks.
+    /// A response with `status` that promises `content_length` bytes (or none, when
+    /// `None`: then the body is chunked and never ends) and sends `chunk` over and over,
+    /// forever or until the peer goes, pausing `pause` between chunks.
     Endless {
+        status: u16,
         content_length: Option<u64>,
         chunk: Vec<u8>,
         pause: Duration,
@@ -160,14 +163,32 @@ fn serve(
             }
         };
         let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-        // Registry GETs carry no body, so the next request starts right after.
         buf.drain(..end + 4);
         let (line, headers) = head.split_once("\r\n").unwrap_or((head.as_str(), ""));
+        // GETs carry no body; a POST's is as long as its Content-Length says.
+        let length = headers
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.trim()
+                    .eq_ignore_ascii_case("content-length")
+                    .then(|| v.trim().parse::<usize>().ok())?
+            })
+            .unwrap_or(0);
+        while buf.len() < length {
+            let mut chunk = [0u8; 4096];
+            match stream.read(&mut chunk) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        let body: Vec<u8> = buf.drain(..length).collect();
         let mut parts = line.split(' ');
         let request = SeenRequest {
             method: parts.next().unwrap_or_default().to_string(),
             path: parts.next().unwrap_or_default().to_string(),
             headers: headers.to_string(),
+            body,
         };
         seen.lock().unwrap().push(request.clone());
         let head_only = request.method == "HEAD";
@@ -190,6 +211,7 @@ fn serve(
                 }
             }
             Reply::Endless {
+                status,
                 content_length,
                 chunk,
                 pause,
@@ -199,7 +221,7 @@ fn serve(
                     None => "Transfer-Encoding: chunked".to_string(),
                 };
                 let head = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n{framing}\r\n\r\n"
+                    "HTTP/1.1 {status} X\r\nContent-Type: application/octet-stream\r\n{framing}\r\n\r\n"
                 );
                 if stream.write_all(head.as_bytes()).is_err() {
                     return;
