@@ -336,6 +336,7 @@ fn unowned(p: &TestPod, owners: &HashSet<String>, pods: usize) -> Vec<String> {
     let mut left = Vec::new();
     for sub in [
         "state/netns",
+        "state/userns",
         "state/bundles",
         "state/containers",
         "state/sandboxes",

@@ -375,12 +375,15 @@ impl Drop for Crustd {
     fn drop(&mut self) {
         self.remove_all_sandboxes();
         self.stop();
-        // crustd makes its netns directory a (shared) mountpoint, as iproute2 does with
-        // /run/netns, and keeps it for the node's lifetime; a test's node ends here.
-        let netns = self.dir.path().join("state/netns");
-        if let Ok(path) = std::ffi::CString::new(netns.display().to_string()) {
-            // SAFETY: umount2 with a valid NUL-terminated path; no memory is shared.
-            while unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) } == 0 {}
+        // crustd makes its namespace pin directories (shared) mountpoints, as iproute2
+        // does with /run/netns, and keeps them for the node's lifetime; a test's node
+        // ends here.
+        for dir in ["state/netns", "state/userns"] {
+            let pins = self.dir.path().join(dir);
+            if let Ok(path) = std::ffi::CString::new(pins.display().to_string()) {
+                // SAFETY: umount2 with a valid NUL-terminated path; no memory is shared.
+                while unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) } == 0 {}
+            }
         }
         if std::thread::panicking() {
             eprintln!("--- crustd log ---\n{}", self.log());
