@@ -44,19 +44,7 @@ impl NetNs {
     pub fn create(dir: &Path, name: &str) -> Result<NetNs> {
         validate_name(name)?;
         let path = dir.join(name);
-        fs::create_dir_all(dir).map_err(|source| netns_err(dir, "create directory", source))?;
-        ensure_shared_mountpoint(dir)?;
-
-        OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o444)
-            .open(&path)
-            .map_err(|source| match source.kind() {
-                io::ErrorKind::AlreadyExists => CniError::NetnsExists(path.clone()),
-                _ => netns_err(&path, "create mountpoint file", source),
-            })?;
-
+        create_pin_file(&path)?;
         if let Err(err) = unshare_and_pin(&path) {
             // Nothing is mounted on failure; the file is ours and empty.
             let _ = fs::remove_file(&path);
@@ -104,20 +92,7 @@ impl NetNs {
 /// as for network namespaces. Undo with [`remove`]. Fails with `AlreadyExists` when
 /// `target` is there.
 pub fn pin(source: &Path, target: &Path) -> Result<()> {
-    let dir = target
-        .parent()
-        .ok_or_else(|| CniError::Internal(format!("{}: no parent", target.display())))?;
-    fs::create_dir_all(dir).map_err(|source| netns_err(dir, "create directory", source))?;
-    ensure_shared_mountpoint(dir)?;
-    OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o444)
-        .open(target)
-        .map_err(|e| match e.kind() {
-            io::ErrorKind::AlreadyExists => CniError::NetnsExists(target.to_path_buf()),
-            _ => netns_err(target, "create mountpoint file", e),
-        })?;
+    create_pin_file(target)?;
     if let Err(errno) = nix::mount::mount(
         Some(source),
         target,
@@ -129,6 +104,26 @@ pub fn pin(source: &Path, target: &Path) -> Result<()> {
         return Err(netns_err(target, "bind mount", errno.into()));
     }
     Ok(())
+}
+
+/// Creates the empty file `path` a namespace is pinned on, its directory made first
+/// and made a shared mountpoint. `AlreadyExists` when the file is there.
+fn create_pin_file(path: &Path) -> Result<()> {
+    let dir = path
+        .parent()
+        .ok_or_else(|| CniError::Internal(format!("{}: no parent", path.display())))?;
+    fs::create_dir_all(dir).map_err(|source| netns_err(dir, "create directory", source))?;
+    ensure_shared_mountpoint(dir)?;
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o444)
+        .open(path)
+        .map(drop)
+        .map_err(|source| match source.kind() {
+            io::ErrorKind::AlreadyExists => CniError::NetnsExists(path.to_path_buf()),
+            _ => netns_err(path, "create mountpoint file", source),
+        })
 }
 
 /// Unmounts (lazily) and deletes a pinned namespace file. An absent one is not an error.
