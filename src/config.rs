@@ -43,6 +43,8 @@ pub struct Config {
     pub metrics_address: Option<std::net::SocketAddr>,
     /// A registry image to run as every pod's pause process instead of the built-in one.
     pub pause_image: Option<String>,
+    /// Run no pause process for pods that need none (no shared PID namespace).
+    pub drop_infra_container: bool,
     /// The streaming server (exec, attach, port-forward).
     pub streaming: StreamingConfig,
 }
@@ -195,6 +197,7 @@ impl Default for Config {
             monitor_path: None,
             metrics_address: None,
             pause_image: None,
+            drop_infra_container: true,
             streaming: StreamingConfig::default(),
         }
     }
@@ -255,6 +258,12 @@ path = "runc"
 # Pods run crust's built-in static pause program, which needs no image. To run a pause
 # image instead (pulled on first use and kept pinned), name it here.
 # pause_image = "registry.k8s.io/pause:3.10"
+
+# Pods whose containers do not share a PID namespace (Kubernetes' default) and that
+# have no user namespace run no pause process at all: crust pins their IPC and UTS
+# namespaces as it pins the network namespace, as CRI-O's drop_infra_ctr does. False
+# gives every pod a pause process.
+drop_infra_container = true
 
 [streaming]
 # Exec, Attach and PortForward answer with a URL on this server (SPDY/3.1 and

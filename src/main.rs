@@ -370,6 +370,7 @@ async fn recover(config: Arc<Config>, streaming_url: String) -> anyhow::Result<c
             config::CgroupDriver::Cgroupfs => crust_sandbox::CgroupDriver::Cgroupfs,
             config::CgroupDriver::Systemd => crust_sandbox::CgroupDriver::Systemd,
         },
+        drop_infra: config.drop_infra_container,
     };
     let sandboxes = crust_sandbox::SandboxService::open(Arc::clone(&db), sandbox_options, cni)
         .await

@@ -337,6 +337,8 @@ fn unowned(p: &TestPod, owners: &HashSet<String>, pods: usize) -> Vec<String> {
     for sub in [
         "state/netns",
         "state/userns",
+        "state/ipcns",
+        "state/utsns",
         "state/bundles",
         "state/containers",
         "state/sandboxes",

@@ -101,9 +101,10 @@ async fn hostile_pod_configs_are_refused_before_anything_is_made() {
         namespace_options: Some(cri::NamespaceOption {
             userns_options: Some(cri::UserNamespace {
                 mode: cri::NamespaceMode::Pod as i32,
+                // Root unmapped: refused (tests/user_namespaces.rs has the rest).
                 uids: vec![cri::IdMapping {
                     host_id: 100_000,
-                    container_id: 0,
+                    container_id: 1,
                     length: 65536,
                 }],
                 gids: vec![cri::IdMapping {
@@ -116,7 +117,7 @@ async fn hostile_pod_configs_are_refused_before_anything_is_made() {
         }),
         ..Default::default()
     });
-    cases.push(("user namespace", config, tonic::Code::FailedPrecondition));
+    cases.push(("user namespace", config, tonic::Code::InvalidArgument));
 
     for (what, config, code) in cases {
         let err =

@@ -10,6 +10,7 @@
 pub mod error;
 
 pub mod podfiles;
+mod podns;
 pub mod record;
 mod validate;
 
@@ -74,6 +75,9 @@ pub struct SandboxOptions {
     pub default_runtime: String,
     /// The cgroup driver.
     pub cgroup_driver: CgroupDriver,
+    /// Run no pause process for pods that need none (no shared PID namespace, no user
+    /// namespace), as CRI-O's `drop_infra_ctr`.
+    pub drop_infra: bool,
 }
 
 #[derive(Default)]
@@ -218,7 +222,10 @@ impl SandboxService {
                 // Could not undo everything: keep it NotReady for kubelet to remove.
                 tracing::warn!(sandbox = %record.id, ?errors, "interrupted sandbox not fully undone");
                 record.stopped_at.get_or_insert_with(now_nanos);
-            } else if record.stopped_at.is_none() && record.exited_at.is_none() {
+            } else if record.stopped_at.is_none()
+                && record.exited_at.is_none()
+                && !record.without_pause
+            {
                 if liveness::alive(record.pid, record.pid_start) {
                     let id = record.id.clone();
                     self.watch(&id, record.pid);
@@ -227,6 +234,17 @@ impl SandboxService {
                     record.exited_at = Some(now_nanos());
                     record::put(&self.db, &record).await?;
                 }
+            }
+            if record.without_pause
+                && record.stopped_at.is_none()
+                && record.exited_at.is_none()
+                && record.ready_at.is_some()
+                && !namespaces_pinned(&record)
+            {
+                // A reboot emptied the state directory: the pod's namespaces are gone.
+                tracing::info!(sandbox = %record.id, "the namespaces of a pod without a pause are gone");
+                record.exited_at = Some(now_nanos());
+                record::put(&self.db, &record).await?;
             }
             let mut index = self.index_mut();
             index.names.insert(name_key(&meta), record.id.clone());
@@ -326,6 +344,23 @@ impl SandboxService {
         hex::encode(rand::random::<[u8; 32]>())
     }
 
+    /// Whether a pod of `config` gets a pause process: it needs one to be the init of a
+    /// shared PID namespace, and crust's user-namespaced pods run one; otherwise only
+    /// when `drop_infra` is off.
+    pub fn needs_pause(&self, config: &cri::PodSandboxConfig) -> bool {
+        let ns = config
+            .linux
+            .as_ref()
+            .and_then(|l| l.security_context.as_ref())
+            .and_then(|s| s.namespace_options.clone())
+            .unwrap_or_default();
+        let userns = ns
+            .userns_options
+            .as_ref()
+            .is_some_and(|u| u.mode == cri::NamespaceMode::Pod as i32);
+        !self.options.drop_infra || ns.pid == cri::NamespaceMode::Pod as i32 || userns
+    }
+
     /// Runs pod sandbox `id`; on any failure every step already taken is undone. The
     /// pause process is crust's own unless `pause` names another (from a pause image).
     pub async fn run(
@@ -378,7 +413,17 @@ impl SandboxService {
             cgroups_path: String::new(),
             userns_pin: userns.is_some().then(|| self.userns_dir().join(&id)),
             userns,
+            without_pause: false,
+            ipc_ns: None,
+            uts_ns: None,
         };
+        if !self.needs_pause(&record.config) {
+            let ns = record.namespace_options();
+            let node = cri::NamespaceMode::Node as i32;
+            record.without_pause = true;
+            record.ipc_ns = (ns.ipc != node).then(|| self.options.state.join("ipcns").join(&id));
+            record.uts_ns = (!host_network).then(|| self.options.state.join("utsns").join(&id));
+        }
         record.cgroups_path = self.cgroups_path(&record);
         let outcome = match record::put(&self.db, &record).await {
             Ok(()) => self.bring_up(&mut record, &runtime, pause).await,
@@ -389,7 +434,9 @@ impl SandboxService {
                 self.index_mut()
                     .by_id
                     .insert(id.clone(), Arc::new(record.clone()));
-                self.watch(&id, record.pid);
+                if !record.without_pause {
+                    self.watch(&id, record.pid);
+                }
                 tracing::info!(sandbox = %id, name = %key, ip = %record.ip, "sandbox ready");
                 Ok(id)
             }
@@ -496,7 +543,14 @@ impl SandboxService {
         let start = std::time::Instant::now();
         let ((network, network_took), (pid, pause_took)) = tokio::join!(
             async { (self.network_up(record).await, start.elapsed()) },
-            async { (self.pause_up(record, runtime, pause).await, start.elapsed()) }
+            async {
+                let up = if record.without_pause {
+                    self.namespaces_up(record).await.map(|()| 0)
+                } else {
+                    self.pause_up(record, runtime, pause).await
+                };
+                (up, start.elapsed())
+            }
         );
         tracing::debug!(sandbox = %id, ?network_took, ?pause_took, "sandbox network and pause up");
         if let Some(result) = network? {
@@ -513,7 +567,11 @@ impl SandboxService {
         }
         let pid = pid?;
         record.pid = pid;
-        record.pid_start = liveness::start_time(pid).unwrap_or(0);
+        record.pid_start = if pid > 0 {
+            liveness::start_time(pid).unwrap_or(0)
+        } else {
+            0
+        };
         record.ready_at = Some(now_nanos());
         record::put(&self.db, record).await?;
         Ok(())
@@ -537,6 +595,56 @@ impl SandboxService {
             .map_err(|e| step(&id, "network setup", ErrorKind::Internal, e))?
             .map_err(|e| step(&id, "network setup", cni_kind(&e), e))?;
         Ok(Some(result))
+    }
+
+    /// Writes the pod's files and pins its IPC and UTS namespaces, with its hostname
+    /// and sysctls: everything a pause container would hold, without one.
+    async fn namespaces_up(&self, record: &SandboxRecord) -> Result<()> {
+        let id = record.id.clone();
+        let files = self.files(&id);
+        let host_network = record.host_network();
+        let (hostname, dns) = (
+            record.config.hostname.clone(),
+            record.config.dns_config.clone(),
+        );
+        let (ipc, uts, netns) = (
+            record.ipc_ns.clone(),
+            record.uts_ns.clone(),
+            record.netns.clone(),
+        );
+        let sysctls: BTreeMap<String, String> = record
+            .config
+            .linux
+            .as_ref()
+            .map(|l| l.sysctls.clone().into_iter().collect())
+            .unwrap_or_default();
+        tokio::task::spawn_blocking(move || {
+            files
+                .write(&hostname, dns.as_ref(), host_network)
+                .map_err(|e| ("pod files", e))?;
+            if ipc.is_some() {
+                files.mount_shm().map_err(|e| ("pod /dev/shm", e))?;
+            }
+            // Sysctls are written in the pod's network namespace, which CNI is filling
+            // in meanwhile: the ones a pod may set are not about its interfaces.
+            podns::create(&podns::PodNamespaces {
+                ipc: ipc.as_deref(),
+                uts: uts.as_deref().map(|p| (p, hostname.as_str())),
+                netns: netns.as_deref(),
+                sysctls: &sysctls,
+            })
+            .map_err(|e| ("pod namespaces", e))
+        })
+        .await
+        .map_err(|e| step(&id, "pod namespaces", ErrorKind::Internal, e))?
+        .map_err(|(what, e)| {
+            let kind = if e.kind() == std::io::ErrorKind::NotFound {
+                ErrorKind::InvalidArgument
+            } else {
+                ErrorKind::Internal
+            };
+            step(&id, what, kind, e)
+        })
     }
 
     /// Writes the pod's files and starts its pause container; the pause's pid.
@@ -684,10 +792,24 @@ impl SandboxService {
             .ok_or_else(|| step(&id, "pause start", ErrorKind::Internal, "no pid file"))
     }
 
-    /// Kills and deletes the pause container and removes its cgroup.
+    /// Kills and deletes the pause container and removes its cgroup; for a pod
+    /// without one, unpins its namespaces.
     async fn pause_down(&self, record: &SandboxRecord) -> Vec<String> {
         let mut errors = Vec::new();
         let id = &record.id;
+        if record.without_pause {
+            let pins: Vec<PathBuf> = record
+                .ipc_ns
+                .iter()
+                .chain(&record.uts_ns)
+                .cloned()
+                .collect();
+            return tokio::task::spawn_blocking(move || {
+                podns::remove(pins.iter().map(PathBuf::as_path))
+            })
+            .await
+            .unwrap_or_else(|e| vec![format!("pod namespaces task: {e}")]);
+        }
         let Some(runtime) = self.runtimes.get(&record.runtime_handler) else {
             return errors;
         };
@@ -854,6 +976,16 @@ impl SandboxService {
         }
         Ok(())
     }
+}
+
+/// Whether every namespace a pod without a pause pinned is still pinned.
+fn namespaces_pinned(record: &SandboxRecord) -> bool {
+    record
+        .netns
+        .iter()
+        .chain(&record.ipc_ns)
+        .chain(&record.uts_ns)
+        .all(|p| crust_util::mountinfo::is_mount_point(p))
 }
 
 /// The pause's uid and gid: the pod's `run_as_user`/`run_as_group`, or 65535 as

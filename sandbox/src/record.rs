@@ -65,6 +65,18 @@ pub struct SandboxRecord {
     /// Where the pod's user namespace is pinned (a bind mount of its `ns/user`).
     #[serde(default)]
     pub userns_pin: Option<PathBuf>,
+    /// The pod runs no pause process: its namespaces are pinned (see podns.rs) and its
+    /// state is this record's.
+    #[serde(default)]
+    pub without_pause: bool,
+    /// Where a pod without a pause pins its IPC namespace; `None`: the host's, or the
+    /// pause's.
+    #[serde(default)]
+    pub ipc_ns: Option<PathBuf>,
+    /// Where a pod without a pause pins its UTS namespace; `None`: the host's, or the
+    /// pause's.
+    #[serde(default)]
+    pub uts_ns: Option<PathBuf>,
 }
 
 impl SandboxRecord {

@@ -450,6 +450,8 @@ fn namespaces(
         host_pid: pod.pid == node,
         target_pid,
         userns: sandbox.userns,
+        ipc: sandbox.ipc_ns.clone(),
+        uts: sandbox.uts_ns.clone(),
     }
 }
 

@@ -234,7 +234,12 @@ async fn run_pod(
 ) -> Result<String, Status> {
     let id = crust_sandbox::SandboxService::new_id();
     let mut pause = None;
-    if let Some(name) = services.config.pause_image.clone() {
+    if let Some(name) = services
+        .config
+        .pause_image
+        .clone()
+        .filter(|_| services.sandboxes.needs_pause(&config))
+    {
         let image = match services.images.resolve(&name) {
             Some(i) => i,
             None => {

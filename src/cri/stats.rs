@@ -120,14 +120,23 @@ pub(super) fn pod_stats(services: &Services, s: &SandboxRecord) -> cri::PodSandb
         labels: s.config.labels.clone(),
         annotations: s.config.annotations.clone(),
     };
-    let containers: Vec<_> = services
-        .containers
-        .of_sandbox(&s.id)
+    let records = services.containers.of_sandbox(&s.id);
+    let containers: Vec<_> = records
         .iter()
         .map(|c| container_stats(services, c))
         .collect();
+    // A pod without a pause is seen through any of its running containers: their
+    // cgroups' parent is the pod's, their network namespace the pod's.
+    let member = if s.pid > 0 {
+        s.pid
+    } else {
+        records
+            .iter()
+            .find(|c| c.pid > 0 && crust_runtime::liveness::alive(c.pid, c.pid_start))
+            .map_or(0, |c| c.pid)
+    };
     let cgroup = if s.is_ready() {
-        services.stats.paths(&s.id, s.pid, true)
+        services.stats.paths(&s.id, member, true)
     } else {
         None
     };
@@ -141,8 +150,8 @@ pub(super) fn pod_stats(services: &Services, s: &SandboxRecord) -> cri::PodSandb
         .stats
         .cpu
         .sample(&s.id, numbers.timestamp_ns, numbers.cpu_usage_ns);
-    let interfaces = (s.is_ready() && s.netns.is_some())
-        .then(|| stats::network::read_interfaces(s.pid).ok())
+    let interfaces = (s.is_ready() && s.netns.is_some() && member > 0)
+        .then(|| stats::network::read_interfaces(member).ok())
         .flatten();
     cri::PodSandboxStats {
         attributes: Some(attributes),

@@ -378,7 +378,7 @@ impl Drop for Crustd {
         // crustd makes its namespace pin directories (shared) mountpoints, as iproute2
         // does with /run/netns, and keeps them for the node's lifetime; a test's node
         // ends here.
-        for dir in ["state/netns", "state/userns"] {
+        for dir in ["state/netns", "state/userns", "state/ipcns", "state/utsns"] {
             let pins = self.dir.path().join(dir);
             if let Ok(path) = std::ffi::CString::new(pins.display().to_string()) {
                 // SAFETY: umount2 with a valid NUL-terminated path; no memory is shared.

@@ -125,6 +125,12 @@ pub struct SandboxNamespaces {
     pub target_pid: Option<u32>,
     /// The pod's user namespace mappings; `None`: the pod uses the host's.
     pub userns: Option<crust_util::userns::IdMappings>,
+    /// The pod's pinned IPC namespace, for a pod without a pause; `None`:
+    /// `/proc/<pause_pid>/ns/ipc`.
+    pub ipc: Option<PathBuf>,
+    /// The pod's pinned UTS namespace, for a pod without a pause; `None`:
+    /// `/proc/<pause_pid>/ns/uts`.
+    pub uts: Option<PathBuf>,
 }
 
 impl SandboxNamespaces {
@@ -1032,6 +1038,13 @@ fn namespaces(
         .map_or(cri::NamespaceMode::Pod as i32, |n| n.pid);
     match cri::NamespaceMode::try_from(pid_mode) {
         Ok(cri::NamespaceMode::Pod) if sandbox.host_pid => {}
+        Ok(cri::NamespaceMode::Pod) if pause == 0 => {
+            return Err(RuntimeError::invalid(
+                "pid namespace mode",
+                "POD",
+                "the pod shares no PID namespace (it was run with CONTAINER)",
+            ));
+        }
         Ok(cri::NamespaceMode::Pod) => {
             list.push(joined("pid", SandboxNamespaces::proc_ns(pause, "pid")));
         }
@@ -1058,11 +1071,17 @@ fn namespaces(
             ));
         }
     }
+    let pinned_or_pause = |pin: &Option<PathBuf>, kind: &str| -> Result<String> {
+        match pin {
+            Some(path) => Ok(path_str("namespace path", path)?.to_owned()),
+            None => Ok(SandboxNamespaces::proc_ns(pause, kind)),
+        }
+    };
     if !sandbox.host_ipc {
-        list.push(joined("ipc", SandboxNamespaces::proc_ns(pause, "ipc")));
+        list.push(joined("ipc", pinned_or_pause(&sandbox.ipc, "ipc")?));
     }
     if !sandbox.host_network {
-        list.push(joined("uts", SandboxNamespaces::proc_ns(pause, "uts")));
+        list.push(joined("uts", pinned_or_pause(&sandbox.uts, "uts")?));
     }
     list.push(json!({"type": "mount"}));
     if !sandbox.host_network {
