@@ -89,6 +89,19 @@ impl Setup {
         let meta = config.metadata.as_mut().unwrap();
         meta.name = format!("crash{n}");
         meta.uid = format!("uid-crash{n}");
+        // Every third pod runs without a pause: its pinned IPC and UTS namespaces must
+        // survive a crash or go with it.
+        if n % 3 == 1 {
+            config
+                .linux
+                .get_or_insert_with(Default::default)
+                .security_context
+                .get_or_insert_with(Default::default)
+                .namespace_options = Some(cri::NamespaceOption {
+                pid: cri::NamespaceMode::Container as i32,
+                ..Default::default()
+            });
+        }
         // Every other pod maps a port: portmap's iptables rules must go with it.
         if n % 2 == 0 {
             config.port_mappings = vec![cri::PortMapping {
@@ -354,7 +367,11 @@ fn unowned(p: &TestPod, owners: &HashSet<String>, pods: usize) -> Vec<String> {
         }
     }
     for mount in support::cni::mounts_under(dir) {
-        if !mount.ends_with("/netns") && !owned(&mount) {
+        // The pin directories themselves are (shared) mountpoints for good.
+        let pin_dir = ["/netns", "/userns", "/ipcns", "/utsns"]
+            .iter()
+            .any(|d| mount.ends_with(d));
+        if !pin_dir && !owned(&mount) {
             left.push(format!("mount {mount}"));
         }
     }

@@ -11,7 +11,6 @@ use std::path::Path;
 use crust_proto::cri;
 use support::oci;
 use support::pod::TestPod;
-use tonic::Code;
 
 /// `p`'s pod config renamed `name`, its containers in PID namespaces of their own,
 /// with sysctls of the IPC and network namespaces.
@@ -207,12 +206,18 @@ async fn a_pod_without_a_shared_pid_namespace_runs_no_pause_and_still_shares_the
         "no pod network stats"
     );
 
-    // A shared PID namespace is what the pod does not have.
-    let err = p
-        .create(container(&p, "wants-pod-pid", cri::NamespaceMode::Pod))
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    // A container asking for the pod's PID namespace, which this pod does not share,
+    // gets one of its own (it would be alone in the pause's elsewhere).
+    let own = p
+        .run(container(&p, "pod-pid", cri::NamespaceMode::Pod))
+        .await;
+    assert_eq!(
+        exec(&mut p, &own, "tr '\\0' ' ' < /proc/1/cmdline").await,
+        "sleep 300"
+    );
+    let po = container_pid(&mut p, &own).await;
+    assert_ne!(ns(po, "pid"), ns(pa, "pid"));
+    assert_eq!(ns(po, "ipc"), ns(pa, "ipc"));
 
     // A restart keeps the pod READY and usable.
     p.d.restart().await;

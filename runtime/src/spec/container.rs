@@ -1038,13 +1038,10 @@ fn namespaces(
         .map_or(cri::NamespaceMode::Pod as i32, |n| n.pid);
     match cri::NamespaceMode::try_from(pid_mode) {
         Ok(cri::NamespaceMode::Pod) if sandbox.host_pid => {}
-        Ok(cri::NamespaceMode::Pod) if pause == 0 => {
-            return Err(RuntimeError::invalid(
-                "pid namespace mode",
-                "POD",
-                "the pod shares no PID namespace (it was run with CONTAINER)",
-            ));
-        }
+        // The pod shares no PID namespace (it was run with CONTAINER and has no
+        // pause): the container's is its own, as it would be alone with the pause
+        // elsewhere.
+        Ok(cri::NamespaceMode::Pod) if pause == 0 => list.push(json!({"type": "pid"})),
         Ok(cri::NamespaceMode::Pod) => {
             list.push(joined("pid", SandboxNamespaces::proc_ns(pause, "pid")));
         }
