@@ -240,13 +240,6 @@ cgroup_driver = "cgroupfs"
 # The runtime handler for pods whose RuntimeClass names none.
 default_runtime = "runc"
 
-# OCI runtimes by RuntimeClass handler: any runc-compatible CLI (runc, crun, youki).
-# A pod asking for a handler not listed here is refused.
-[runtimes.runc]
-path = "runc"
-# [runtimes.crun]
-# path = "/usr/bin/crun"
-
 # The per-container monitor; unset means the crust-monitor installed beside crustd.
 # monitor_path = "/usr/local/bin/crust-monitor"
 
@@ -264,6 +257,13 @@ path = "runc"
 # namespaces as it pins the network namespace, as CRI-O's drop_infra_ctr does. False
 # gives every pod a pause process.
 drop_infra_container = true
+
+# OCI runtimes by RuntimeClass handler: any runc-compatible CLI (runc, crun, youki).
+# A pod asking for a handler not listed here is refused.
+[runtimes.runc]
+path = "runc"
+# [runtimes.crun]
+# path = "/usr/bin/crun"
 
 [streaming]
 # Exec, Attach and PortForward answer with a URL on this server (SPDY/3.1 and

@@ -2568,7 +2568,7 @@ mod tests {
     }
 
     #[test]
-    fn user_namespaces_are_refused_not_ignored() {
+    fn user_namespace_requests_follow_the_pods() {
         let mut f = Fixture::new();
         let userns = |f: &mut Fixture, mode: cri::NamespaceMode| {
             f.security()
@@ -2579,13 +2579,39 @@ mod tests {
                 ..Default::default()
             });
         };
+        // A pod on the node's user namespace: NODE, nothing else.
         userns(&mut f, cri::NamespaceMode::Node);
-        f.json();
+        assert!(f.json()["linux"].get("uidMappings").is_none());
+        for mode in [cri::NamespaceMode::Pod, cri::NamespaceMode::Target] {
+            userns(&mut f, mode);
+            f.error();
+        }
+        // A pod with its own: POD joins the pause's, with the mappings runc needs.
+        let range = crust_util::userns::IdRange {
+            container_id: 0,
+            host_id: 100_000,
+            length: 65536,
+        };
+        f.sandbox.userns = Some(crust_util::userns::IdMappings {
+            uids: range,
+            gids: range,
+        });
         userns(&mut f, cri::NamespaceMode::Pod);
-        let err = f.build().unwrap_err();
-        assert_eq!(err.kind(), ErrorKind::FailedPrecondition, "{err}");
-        userns(&mut f, cri::NamespaceMode::Target);
+        let spec = f.json();
+        assert_eq!(
+            namespaces(&spec)[0],
+            ("user".to_owned(), Some("/proc/42/ns/user".to_owned()))
+        );
+        let want = json!([{"containerID": 0, "hostID": 100_000, "size": 65536}]);
+        assert_eq!(spec["linux"]["uidMappings"], want);
+        assert_eq!(spec["linux"]["gidMappings"], want);
+        userns(&mut f, cri::NamespaceMode::Node);
         f.error();
+        // Users outside the mapping cannot be.
+        userns(&mut f, cri::NamespaceMode::Pod);
+        f.security().run_as_user = Some(cri::Int64Value { value: 70_000 });
+        let err = f.error();
+        assert!(err.to_string().contains("not mapped"), "{err}");
     }
 
     #[test]
