@@ -162,11 +162,10 @@ pub(super) async fn create(
         Err(e) => return Err(undo(error::image_status(&e)).await),
     };
     let applied = {
-        let (rootfs, deleted, diff) = (
-            rootfs.clone(),
-            checkpoint.deleted.clone(),
-            checkpoint.rootfs_diff.clone(),
-        );
+        let (rootfs, deleted) = (rootfs.clone(), checkpoint.deleted.clone());
+        let diff = checkpoint
+            .has_rootfs_diff
+            .then(|| dir.join(crust_runtime::checkpoint::ROOTFS_DIFF));
         tokio::task::spawn_blocking(move || apply_changes(&rootfs, &deleted, diff.as_deref()))
             .await
             .map_err(|e| Status::internal(format!("rootfs diff task failed: {e}")))

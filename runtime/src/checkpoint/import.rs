@@ -87,8 +87,8 @@ pub struct Checkpoint {
     pub spec: serde_json::Value,
     /// deleted.files: paths to remove from the image, absolute in the container.
     pub deleted: Vec<String>,
-    /// The extracted rootfs-diff.tar, when the archive has one.
-    pub rootfs_diff: Option<PathBuf>,
+    /// Whether the archive has a rootfs-diff.tar.
+    pub has_rootfs_diff: bool,
 }
 
 /// Where member `name` goes below the destination, or `None` to read past it.
@@ -279,12 +279,11 @@ pub fn read(dir: &Path) -> Result<Checkpoint, ImportError> {
             super::CHECKPOINT_DIR
         )));
     }
-    let diff = dir.join(super::ROOTFS_DIFF);
     Ok(Checkpoint {
         config,
         spec,
         deleted,
-        rootfs_diff: diff.is_file().then_some(diff),
+        has_rootfs_diff: dir.join(super::ROOTFS_DIFF).is_file(),
     })
 }
 
@@ -373,10 +372,7 @@ mod tests {
         );
         assert_eq!(checkpoint.spec["process"]["args"][0], "sh");
         assert_eq!(checkpoint.deleted, ["/etc/group"]);
-        assert_eq!(
-            checkpoint.rootfs_diff,
-            Some(dir.path().join("rootfs-diff.tar"))
-        );
+        assert!(checkpoint.has_rootfs_diff);
         let d = dir.path();
         assert_eq!(
             std::fs::read(d.join("checkpoint/inventory.img")).unwrap(),
