@@ -184,7 +184,7 @@ mod tests {
         std::fs::write(r.join("etc/group"), b"g").unwrap();
         std::fs::write(r.join("etc/sub/x"), b"x").unwrap();
         // Through a symlink to the host: resolved inside the rootfs, where it is absent.
-        assert!(!remove_in_root(r, &format!("/host/keep")).unwrap());
+        assert!(!remove_in_root(r, "/host/keep").unwrap());
         let escape = format!("/up{}/keep", outside.path().display());
         assert!(!remove_in_root(r, &escape).unwrap());
         assert!(outside.path().join("keep").exists(), "removed a host file");

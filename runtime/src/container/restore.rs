@@ -155,7 +155,12 @@ impl ContainerService {
                 ContainerErrorKind::FailedPrecondition => ContainerErrorKind::FailedPrecondition,
                 _ => ContainerErrorKind::Internal,
             };
-            let message = format!("restore from {}: {e}{criu}", source.archive);
+            // The runtime's own words, without this container's name a second time.
+            let cause = match &e {
+                ContainerError::Runtime { source, .. } => source.to_string(),
+                other => other.to_string(),
+            };
+            let message = format!("restore from {}: {cause}{criu}", source.archive);
             self.record_failed_restore(&r.id, &message).await;
             return Err(failed(&r.id, kind, message));
         }
