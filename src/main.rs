@@ -401,6 +401,7 @@ async fn recover(config: Arc<Config>, streaming_url: String) -> anyhow::Result<c
             monitor_binary,
             runtimes: sandboxes.runtimes(),
             checkpoint_dir: config.root.join("checkpoints"),
+            restore_dir: config.root.join("restores"),
         },
     )
     .await

@@ -46,9 +46,11 @@ pub async fn sweep(services: &Services) -> anyhow::Result<()> {
             }
         }
     }
-    // Bundles (after the runtime let go of them) and per-container state.
+    // Bundles (after the runtime let go of them), per-container state, and archives
+    // extracted for restores (`.import-*` ones were never recorded).
     let state = &services.config.state;
-    for dir in [state.join("bundles"), state.join("containers")] {
+    let restores = services.containers.restore_root();
+    for dir in [state.join("bundles"), state.join("containers"), restores] {
         let doomed: Vec<PathBuf> = entries(&dir)
             .await
             .into_iter()

@@ -432,12 +432,7 @@ async fn archive_of_a_real_container_holds_its_frozen_dump_spec_and_rootfs_diff(
         Vec::<PathBuf>::new(),
         "work directory left"
     );
-    // Restoring from the archive is refused plainly, not as a missing image.
-    let mut restore = pod.config("restored", &[]);
-    restore.image.as_mut().unwrap().image = location.display().to_string();
-    let err = pod.create(restore).await.unwrap_err();
-    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
-    assert!(err.message().contains("restore"), "{err:?}");
+    // Restoring from the archive is tests/restore.rs's.
     // Another checkpoint of the same container to a new location works too.
     checkpoint(&mut pod, &id, &tools.path().join("second.tar"))
         .await

@@ -3,8 +3,12 @@
 //! ```text
 //! crust-monitor --id ID --bundle B --runtime BIN --runtime-root R [--bundle-dir D]
 //!     [--systemd-cgroup] --log-path L [--log-dir D] --exit-file E --attach-socket A
-//!     [--tty] [--stdin] [--stdin-once] [--create-timeout SECS] --sync-fd N
+//!     [--tty] [--stdin] [--stdin-once] [--create-timeout SECS]
+//!     [--restore-images DIR --restore-work DIR] --sync-fd N
 //! ```
+//!
+//! With `--restore-images` the monitor runs `<runtime> restore` from those CRIU
+//! images instead of `<runtime> create` (see `create`).
 //!
 //! Every option is `--name value` or a bare flag; paths need not be UTF-8.
 
@@ -48,8 +52,19 @@ pub struct Args {
     pub stdin_once: bool,
     /// Kill `<runtime> create` after this long.
     pub create_timeout: Duration,
+    /// Restore from a checkpoint instead of creating: CRIU's images and work directory.
+    pub restore: Option<Restore>,
     /// The inherited socketpair end of the start-up handshake.
     pub sync_fd: RawFd,
+}
+
+/// Where a restore reads CRIU's images and writes its log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Restore {
+    /// CRIU's image directory.
+    pub images: PathBuf,
+    /// CRIU's work directory (`restore.log`).
+    pub work: PathBuf,
 }
 
 /// Parses the arguments after the program name.
@@ -65,6 +80,8 @@ pub fn parse(argv: &[OsString]) -> Result<Args, String> {
     let mut attach_socket = None;
     let mut create_timeout = None;
     let mut sync_fd = None;
+    let mut restore_images = None;
+    let mut restore_work = None;
     let (mut tty, mut stdin, mut stdin_once, mut systemd_cgroup) = (false, false, false, false);
 
     let mut iter = argv.iter();
@@ -95,6 +112,8 @@ pub fn parse(argv: &[OsString]) -> Result<Args, String> {
             "--attach-socket" => &mut attach_socket,
             "--create-timeout" => &mut create_timeout,
             "--sync-fd" => &mut sync_fd,
+            "--restore-images" => &mut restore_images,
+            "--restore-work" => &mut restore_work,
             _ => return Err(format!("unexpected argument {name:?}")),
         };
         let value = iter.next().ok_or_else(|| format!("{name} needs a value"))?;
@@ -121,6 +140,14 @@ pub fn parse(argv: &[OsString]) -> Result<Args, String> {
             .map(Duration::from_secs)
             .ok_or_else(|| format!("--create-timeout {secs:?} is not a positive number"))?,
     };
+    let restore = match (restore_images, restore_work) {
+        (None, None) => None,
+        (Some(images), Some(work)) => Some(Restore {
+            images: images.into(),
+            work: work.into(),
+        }),
+        _ => return Err("--restore-images and --restore-work go together".into()),
+    };
     Ok(Args {
         id,
         bundle: required(bundle, "--bundle")?.into(),
@@ -136,6 +163,7 @@ pub fn parse(argv: &[OsString]) -> Result<Args, String> {
         stdin,
         stdin_once,
         create_timeout,
+        restore,
         sync_fd,
     })
 }
@@ -187,6 +215,7 @@ mod tests {
                 stdin: false,
                 stdin_once: false,
                 create_timeout: DEFAULT_CREATE_TIMEOUT,
+                restore: None,
                 sync_fd: 5,
             }
         );
@@ -202,6 +231,22 @@ mod tests {
         assert!(args.tty && args.stdin && args.stdin_once && args.systemd_cgroup);
         assert_eq!(args.bundle_dir, Some("/bd".into()));
         assert_eq!(args.create_timeout, Duration::from_secs(7));
+        assert_eq!(args.restore, None);
+        let args = parse(&argv(&format!(
+            "{MINIMAL} --restore-images /w/checkpoint --restore-work /w"
+        )))
+        .unwrap();
+        assert_eq!(
+            args.restore,
+            Some(Restore {
+                images: "/w/checkpoint".into(),
+                work: "/w".into()
+            })
+        );
+        assert_eq!(
+            parse(&argv(&format!("{MINIMAL} --restore-images /w/checkpoint"))).unwrap_err(),
+            "--restore-images and --restore-work go together"
+        );
     }
 
     #[test]

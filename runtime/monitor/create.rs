@@ -9,6 +9,12 @@
 //! the container and sends the master over that socket (SCM_RIGHTS). The runtime's own
 //! stdout and stderr are then a pipe kept for its error message alone.
 //!
+//! To restore a checkpoint (`--restore-images`) the runtime's `restore --detach` runs
+//! in place of `create`, with the same stdio: runc hands its own stdio to CRIU for
+//! the restored process's pipes, and once it exits the restored process runs, a
+//! child of the monitor (the subreaper) as a created one is. Restoring a terminal is
+//! not offered (crustd refuses tty restores).
+//!
 //! The runtime runs in the monitor's process group, so that crustd, when the
 //! handshake times out, kills both with one `kill(-monitor_pid, SIGKILL)`.
 
@@ -23,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use crust_proto::monitor::CreateFailure;
 use crust_runtime::oci::{LOG_FILE, last_log_error};
-use crust_runtime::{CreateOptions, ErrorKind, Failure, OciRuntime, RuntimeError};
+use crust_runtime::{CreateOptions, ErrorKind, Failure, OciRuntime, RestoreOptions, RuntimeError};
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{Signal, kill};
@@ -83,9 +89,24 @@ pub fn create(args: &Args, signals: &SignalFd) -> Result<Created, CreateFailure>
         pid_file: pid_file.clone(),
         no_new_keyring: false,
     };
-    let mut command = runtime
-        .create_command(&args.id, &args.bundle, &opts)
-        .map_err(|err| failure(err.to_string()))?;
+    let command = match &args.restore {
+        None => runtime.create_command(&args.id, &args.bundle, &opts),
+        Some(restore) => runtime.restore_command(
+            &args.id,
+            &args.bundle,
+            &RestoreOptions {
+                pid_file: pid_file.clone(),
+                image_path: restore.images.clone(),
+                work_path: restore.work.clone(),
+            },
+        ),
+    };
+    let verb = if args.restore.is_some() {
+        "restore"
+    } else {
+        "create"
+    };
+    let mut command = command.map_err(|err| failure(err.to_string()))?;
 
     // Our ends of the pipes, and the console socket.
     let (out, err) = (pipe()?, pipe()?);
@@ -159,7 +180,7 @@ pub fn create(args: &Args, signals: &SignalFd) -> Result<Created, CreateFailure>
         failure(
             RuntimeError::Spawn {
                 runtime: runtime_name.clone(),
-                command: "create",
+                command: verb,
                 id: args.id.clone(),
                 binary: args.runtime.clone(),
                 source,
@@ -192,7 +213,7 @@ pub fn create(args: &Args, signals: &SignalFd) -> Result<Created, CreateFailure>
             .to_owned();
         let error = Failure {
             runtime: runtime_name.clone(),
-            command: "create",
+            command: verb,
             id: args.id.clone(),
             args: command_line.clone(),
             status: status.clone(),

@@ -7,7 +7,8 @@
 //! kernel with `openat2(RESOLVE_IN_ROOT)`: symlinks are followed as if the rootfs were
 //! `/`, the way the container itself will see them, and `..` stops at the rootfs. New
 //! directories are made with `mkdirat` in a directory opened that way, so nothing
-//! outside the rootfs is ever created.
+//! outside the rootfs is ever created; removals ([`remove_in_root`]) unlink in a
+//! directory opened that way, so nothing outside it is ever removed.
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Component, Path};
@@ -93,10 +94,110 @@ pub fn create_dir_all_in_root(
     Ok(())
 }
 
+/// Removes `path` (absolute in the container) from `rootfs`, a directory with all it
+/// holds; its parent resolves inside the rootfs as the container sees it, and its last
+/// component is never followed (a symlink there is removed, not its target). Returns
+/// whether there was anything to remove. `..` components are refused, as is the
+/// rootfs itself.
+pub fn remove_in_root(rootfs: &Path, path: &str) -> std::io::Result<bool> {
+    let invalid = |why: &str| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{path:?}: {why}"))
+    };
+    let mut parts = Vec::new();
+    for component in Path::new(path).components() {
+        match component {
+            Component::Normal(name) => parts.push(name),
+            Component::RootDir | Component::CurDir => {}
+            Component::ParentDir | Component::Prefix(_) => {
+                return Err(invalid("has a '..' component"));
+            }
+        }
+    }
+    let Some((name, parent)) = parts.split_last() else {
+        return Err(invalid("names the root"));
+    };
+    let root = nix::fcntl::open(
+        rootfs,
+        OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?;
+    let parent: std::path::PathBuf = parent.iter().collect();
+    let dir = match open_dir_in_root(&root, &parent) {
+        Ok(dir) => dir,
+        Err(Errno::ENOENT) | Err(Errno::ENOTDIR) => return Ok(false),
+        Err(errno) => return Err(errno.into()),
+    };
+    remove_entry(&dir, name)
+}
+
+/// Removes `name` in `dir` without following it, recursively for a directory.
+fn remove_entry(dir: &OwnedFd, name: &std::ffi::OsStr) -> std::io::Result<bool> {
+    use rustix::fs::{AtFlags, FileType};
+    let st = match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) => st,
+        Err(rustix::io::Errno::NOENT) => return Ok(false),
+        Err(e) => return Err(e.into()),
+    };
+    if FileType::from_raw_mode(st.st_mode) != FileType::Directory {
+        rustix::fs::unlinkat(dir, name, AtFlags::empty())?;
+        return Ok(true);
+    }
+    let sub = rustix::fs::openat(
+        dir,
+        name,
+        rustix::fs::OFlags::RDONLY
+            | rustix::fs::OFlags::DIRECTORY
+            | rustix::fs::OFlags::NOFOLLOW
+            | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )?;
+    let mut children = Vec::new();
+    for entry in rustix::fs::Dir::read_from(&sub)? {
+        let entry = entry?;
+        let child = entry.file_name().to_bytes();
+        if child != b"." && child != b".." {
+            use std::os::unix::ffi::OsStrExt;
+            children.push(std::ffi::OsStr::from_bytes(child).to_owned());
+        }
+    }
+    for child in children {
+        remove_entry(&sub, &child)?;
+    }
+    rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR)?;
+    Ok(true)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn removals_stay_inside_the_rootfs() {
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("keep"), b"host file").unwrap();
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        std::os::unix::fs::symlink(outside.path(), r.join("host")).unwrap();
+        std::os::unix::fs::symlink("../../../..", r.join("up")).unwrap();
+        std::fs::create_dir_all(r.join("etc/sub")).unwrap();
+        std::fs::write(r.join("etc/group"), b"g").unwrap();
+        std::fs::write(r.join("etc/sub/x"), b"x").unwrap();
+        // Through a symlink to the host: resolved inside the rootfs, where it is absent.
+        assert!(!remove_in_root(r, "/host/keep").unwrap());
+        let escape = format!("/up{}/keep", outside.path().display());
+        assert!(!remove_in_root(r, &escape).unwrap());
+        assert!(outside.path().join("keep").exists(), "removed a host file");
+        // The link itself goes, never its target.
+        assert!(remove_in_root(r, "/host").unwrap());
+        assert!(outside.path().join("keep").exists());
+        assert!(remove_in_root(r, "/etc/group").unwrap());
+        assert!(remove_in_root(r, "/etc/sub").unwrap());
+        assert!(!r.join("etc/sub").exists() && r.join("etc").is_dir());
+        assert!(!remove_in_root(r, "/etc/gone/deeper").unwrap());
+        assert!(remove_in_root(r, "/etc/../x").is_err());
+        assert!(remove_in_root(r, "/").is_err());
+    }
 
     #[test]
     fn symlinks_resolve_inside_the_rootfs() {

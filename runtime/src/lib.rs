@@ -34,6 +34,6 @@ pub mod staging;
 pub mod stats;
 
 pub use error::{ErrorKind, Failure, Result, RuntimeError};
-pub use oci::{CheckpointOptions, CreateOptions, OciRuntime, State};
+pub use oci::{CheckpointOptions, CreateOptions, OciRuntime, RestoreOptions, State};
 pub use pause::{PAUSE_BINARY, PAUSE_PATH, install_pause_rootfs};
 pub use spec::{MountSpec, NamespaceMode, PidMode, SandboxSpec};

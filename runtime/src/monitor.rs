@@ -85,6 +85,10 @@ pub struct MonitorSpawn {
     /// it, `create` would read a `slice:prefix:name` path as a cgroupfs path while
     /// crustd's start, kill and delete use systemd.
     pub systemd_cgroup: bool,
+    /// Restore from a checkpoint (`<runtime> restore`, the process running once the
+    /// handshake's `{"pid":P}` arrives) instead of `create`: CRIU's image directory
+    /// and work directory.
+    pub restore: Option<(PathBuf, PathBuf)>,
 }
 
 /// A monitor whose container is created (waiting for `<runtime> start`).
@@ -135,6 +139,14 @@ impl MonitorSpawn {
         if let Some(dir) = &self.log_dir {
             args.extend(["--log-dir".into(), absolute("log directory", dir)?]);
         }
+        if let Some((images, work)) = &self.restore {
+            args.extend([
+                "--restore-images".into(),
+                absolute("checkpoint images", images)?,
+                "--restore-work".into(),
+                absolute("restore work directory", work)?,
+            ]);
+        }
         args.extend([
             "--exit-file".into(),
             absolute("exit file", &self.exit_file)?,
@@ -163,6 +175,15 @@ impl MonitorSpawn {
             sync_fd.to_string().into(),
         ]);
         Ok(args)
+    }
+
+    /// What the monitor runs the runtime for: `create`, or `restore`.
+    fn verb(&self) -> &'static str {
+        if self.restore.is_some() {
+            "restore"
+        } else {
+            "create"
+        }
     }
 
     /// The runtime's name for messages: its binary's file name.
@@ -195,7 +216,7 @@ impl MonitorSpawn {
         ));
         RuntimeError::Failed(Box::new(Failure {
             runtime: self.runtime_name(),
-            command: "create",
+            command: self.verb(),
             id: self.id.clone(),
             args: failure.args,
             status,
@@ -293,7 +314,7 @@ async fn handshake(
         let Ok(read) = read else {
             return Err(RuntimeError::Timeout {
                 runtime: spawn.runtime_name(),
-                command: "create",
+                command: spawn.verb(),
                 id: spawn.id.clone(),
                 timeout,
             });
@@ -569,6 +590,7 @@ mod tests {
             stdin: false,
             stdin_once: false,
             systemd_cgroup: false,
+            restore: None,
         }
     }
 
@@ -597,6 +619,18 @@ mod tests {
         assert!(
             args.ends_with(
                 "--tty --stdin --stdin-once --systemd-cgroup --create-timeout 35 --sync-fd 9"
+            ),
+            "{args}"
+        );
+        spawn.restore = Some((
+            "/var/lib/crust/restores/c1/checkpoint".into(),
+            "/var/lib/crust/restores/c1".into(),
+        ));
+        let args = line(&spawn.args(9, Duration::from_secs(30)).unwrap());
+        assert!(
+            args.contains(
+                "--restore-images /var/lib/crust/restores/c1/checkpoint \
+                 --restore-work /var/lib/crust/restores/c1 --exit-file"
             ),
             "{args}"
         );

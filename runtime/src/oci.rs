@@ -86,6 +86,17 @@ pub struct CheckpointOptions {
     pub leave_running: bool,
 }
 
+/// Options of [`OciRuntime::restore_command`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestoreOptions {
+    /// Where the runtime writes the restored process's pid.
+    pub pid_file: PathBuf,
+    /// CRIU's image files (`--image-path`).
+    pub image_path: PathBuf,
+    /// Where CRIU writes `restore.log` (`--work-path`).
+    pub work_path: PathBuf,
+}
+
 /// A container's state as the runtime's `state` command reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct State {
@@ -208,6 +219,47 @@ impl OciRuntime {
         opts: &CreateOptions,
     ) -> Result<std::process::Command> {
         self.bundle_command(&["create"], id, bundle, opts)
+    }
+
+    /// The `restore` command line, ready to spawn as [`Self::create_command`]'s is:
+    /// `restore --detach` with CRIU's images and work directory, `--file-locks` as
+    /// the dump took them, cgroups in runc's default `soft` mode (the container's
+    /// own cgroup from config.json, CRIU restoring no cgroup properties beyond
+    /// it). The restored process runs once the command has exited; there is no
+    /// `start`.
+    pub fn restore_command(
+        &self,
+        id: &str,
+        bundle: &Path,
+        opts: &RestoreOptions,
+    ) -> Result<std::process::Command> {
+        let utf8 = |what: &'static str, path: &Path| -> Result<String> {
+            let path = absolute(what, path)?;
+            path.to_str()
+                .map(str::to_owned)
+                .ok_or_else(|| RuntimeError::invalid(what, &path.to_string_lossy(), "not UTF-8"))
+        };
+        let image_path = utf8("checkpoint image path", &opts.image_path)?;
+        let work_path = utf8("restore work path", &opts.work_path)?;
+        self.bundle_command(
+            &[
+                "restore",
+                "--detach",
+                "--image-path",
+                &image_path,
+                "--work-path",
+                &work_path,
+                "--file-locks",
+                "--manage-cgroups-mode",
+                "soft",
+            ],
+            id,
+            bundle,
+            &CreateOptions {
+                pid_file: opts.pid_file.clone(),
+                no_new_keyring: false,
+            },
+        )
     }
 
     /// `<verb...> --bundle B --pid-file P [--no-new-keyring] ID`, stdio to /dev/null.

@@ -218,6 +218,7 @@ impl Container {
             stdin: false,
             stdin_once: false,
             systemd_cgroup: false,
+            restore: None,
         }
     }
 
@@ -861,6 +862,7 @@ async fn zz_helper_spawns_a_monitor_and_dies() {
         stdin: true,
         stdin_once: false,
         systemd_cgroup: false,
+        restore: None,
     };
     let started = spawn_monitor(&spawn, SPAWN_TIMEOUT).await.unwrap();
     println!("MONITOR {} {}", started.monitor_pid, started.container_pid);

@@ -278,13 +278,13 @@ async fn create(
         .map(|i| i.image.clone())
         .filter(|i| !i.is_empty())
         .ok_or_else(|| Status::invalid_argument("image: no image given"))?;
-    // CRI-O restores a container when the image is the path of a checkpoint archive;
-    // crust cannot yet, and says so rather than "image not present".
+    // As CRI-O: an image that is the path of a file names a checkpoint archive to
+    // restore from.
     if image_name.starts_with('/') && Path::new(&image_name).is_file() {
-        return Err(Status::failed_precondition(format!(
-            "image {image_name:?}: creating a container from a checkpoint archive \
-             (restore) is not supported by crust yet"
-        )));
+        let restored = super::container_restore::create(&services, &sandbox, config, image_name);
+        let id = restored.await;
+        drop(pod);
+        return id;
     }
     let image = services.images.resolve(&image_name).ok_or_else(|| {
         Status::not_found(format!(
@@ -326,11 +326,38 @@ async fn create(
             return Err(error::image_status(&e));
         }
     };
+    let create = create_request(
+        &services, &sandbox, &id, &config, &image, image_name, rootfs,
+    );
+    match services.containers.create(create).await {
+        Ok(r) => Ok(r.id.clone()),
+        Err(e) => {
+            services.containers.unreserve(&sandbox.id, &config, &id);
+            if let Err(cleanup) = services.images.remove_rootfs(&id).await {
+                tracing::warn!(container = %id, error = %cleanup, "rootfs cleanup after a failed create");
+            }
+            remove_state_dir(&services, &id).await;
+            Err(error::container_status(&e))
+        }
+    }
+}
+
+/// What the runtime needs to create container `id` of `sandbox` on `image`'s mounted
+/// `rootfs`.
+pub(super) fn create_request(
+    services: &Services,
+    sandbox: &crust_sandbox::SandboxRecord,
+    id: &str,
+    config: &cri::ContainerConfig,
+    image: &crust_image::ImageRecord,
+    image_name: String,
+    rootfs: std::path::PathBuf,
+) -> CreateRequest {
     // The pod's config is the one it was created with: the request's copy (kubelet
     // sends one) could name another log directory or hostname than the pod has.
     let sandbox_config = sandbox.config.clone();
-    let create = CreateRequest {
-        id: id.clone(),
+    CreateRequest {
+        id: id.to_owned(),
         sandbox_id: sandbox.id.clone(),
         sandbox_config,
         config: config.clone(),
@@ -344,8 +371,8 @@ async fn create(
             .unwrap_or_else(|| image.id.clone()),
         image_config: image.config_json(),
         rootfs,
-        namespaces: namespaces(&sandbox, &config, &services),
-        pod_files: pod_files(&services, &sandbox),
+        namespaces: namespaces(sandbox, config, services),
+        pod_files: pod_files(services, sandbox),
         cgroup_parent: sandbox
             .config
             .linux
@@ -353,17 +380,6 @@ async fn create(
             .map(|l| l.cgroup_parent.clone())
             .unwrap_or_default(),
         systemd_cgroup: services.config.cgroup_driver == crate::config::CgroupDriver::Systemd,
-    };
-    match services.containers.create(create).await {
-        Ok(r) => Ok(r.id.clone()),
-        Err(e) => {
-            services.containers.unreserve(&sandbox.id, &config, &id);
-            if let Err(cleanup) = services.images.remove_rootfs(&id).await {
-                tracing::warn!(container = %id, error = %cleanup, "rootfs cleanup after a failed create");
-            }
-            remove_state_dir(&services, &id).await;
-            Err(error::container_status(&e))
-        }
     }
 }
 
@@ -420,7 +436,7 @@ pub(super) async fn remove(services: Arc<Services>, id: String) -> Result<(), St
 }
 
 /// Removes `<state>/containers/<id>` (exit file, attach socket) off the async workers.
-async fn remove_state_dir(services: &Services, id: &str) {
+pub(super) async fn remove_state_dir(services: &Services, id: &str) {
     let dir = services.config.state.join("containers").join(id);
     let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
 }

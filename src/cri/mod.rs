@@ -3,6 +3,7 @@
 
 mod checkpoint;
 mod container;
+mod container_restore;
 mod convert;
 mod error;
 pub mod events;

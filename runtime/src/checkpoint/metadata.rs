@@ -4,12 +4,13 @@
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// `config.dump`: the fields of checkpointctl's `ContainerConfig` (Podman's and
-/// CRI-O's names).
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
+/// CRI-O's names). Read back for a restore, where missing fields are empty and
+/// unknown ones (CRI-O and Podman write more) ignored.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", default)]
 pub struct ConfigDump {
     /// The container id.
     pub id: String,
@@ -29,8 +30,23 @@ pub struct ConfigDump {
     /// When it was checkpointed, RFC 3339.
     #[serde(rename = "checkpointedTime")]
     pub checkpointed_at: String,
-    /// Whether the container was itself restored from a checkpoint (never, yet).
+    /// Whether the container was itself restored from a checkpoint.
     pub restored: bool,
+}
+
+impl ConfigDump {
+    /// The image to restore on: the digest reference, else the image id, else the
+    /// name as first asked for (the order CRI-O tries them in).
+    pub fn image(&self) -> &str {
+        [
+            &self.rootfs_image_name,
+            &self.rootfs_image_ref,
+            &self.rootfs_image,
+        ]
+        .into_iter()
+        .find(|s| !s.is_empty())
+        .map_or("", |s| s.as_str())
+    }
 }
 
 /// One entry of `bind.mounts`, as CRI-O records them so that a restore can make a

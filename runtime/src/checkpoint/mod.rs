@@ -20,6 +20,7 @@
 //! what `checkpointctl show` reads for an archive that is neither Podman's nor CRI-O's.
 
 pub mod archive;
+pub mod import;
 pub mod metadata;
 pub mod rootfs_diff;
 
@@ -39,6 +40,8 @@ pub const BIND_MOUNTS: &str = "bind.mounts";
 pub const ROOTFS_DIFF: &str = "rootfs-diff.tar";
 /// The paths the container deleted.
 pub const DELETED_FILES: &str = "deleted.files";
+/// CRIU's log of a restore, in the restore's work directory.
+pub const RESTORE_LOG: &str = "restore.log";
 
 /// What the archive holds, in order, of a work directory laid out like it.
 pub const ARCHIVE_MEMBERS: [&str; 8] = [

@@ -241,7 +241,7 @@ impl ContainerService {
             oci_runtime: r.runtime_handler.clone(),
             created_time: metadata::rfc3339(r.created_at),
             checkpointed_at: metadata::rfc3339(super::now_nanos()),
-            restored: false,
+            restored: r.restore.is_some(),
         };
         std::fs::write(w.join(checkpoint::SPEC_DUMP), json(&spec))
             .map_err(io("write spec.dump"))?;

@@ -10,6 +10,7 @@ mod checkpoint;
 mod exec;
 mod interactive;
 pub mod record;
+pub mod restore;
 
 use std::collections::{HashMap, HashSet};
 use std::os::fd::AsFd;
@@ -33,7 +34,7 @@ use crate::{ErrorKind, RuntimeError};
 pub use checkpoint::{CheckpointRequest, DEFAULT_CHECKPOINT_TIMEOUT, find_criu};
 pub use exec::ExecOutput;
 pub use interactive::{ExecStreams, StreamingExec};
-pub use record::{ContainerRecord, RecordedUser, state};
+pub use record::{ContainerRecord, RecordedUser, RestoreSource, state};
 
 /// What can go wrong with a container operation.
 #[derive(Debug, thiserror::Error)]
@@ -163,6 +164,9 @@ pub struct ContainerOptions {
     /// Where checkpoints are assembled (CRIU images, the rootfs diff): on disk, as
     /// they are as big as the container's memory and changes.
     pub checkpoint_dir: PathBuf,
+    /// Where the archives of containers made from checkpoints are extracted, one
+    /// directory per container (`<restore_dir>/<id>`, 0700).
+    pub restore_dir: PathBuf,
 }
 
 /// Everything CreateContainer needs, resolved by the caller.
@@ -323,13 +327,14 @@ impl ContainerService {
         for mut r in record::load_all(&self.db)? {
             // A crash between staging and `create` returning leaves the staged trees.
             unstage_mounts(&r.bundle).await;
-            if r.pid == 0 {
+            if r.pid == 0 && r.restore.is_none() {
                 tracing::info!(container = %r.id, "undoing a container whose creation was interrupted");
                 self.release(&r).await;
                 record::delete(&self.db, &r.id).await?;
                 continue;
             }
-            if r.finished_at.is_none() {
+            // A restore not started yet has no monitor to watch.
+            if r.finished_at.is_none() && !r.restore_pending() {
                 if liveness::alive(r.monitor_pid, r.monitor_start) {
                     self.watch(&r.id, r.monitor_pid);
                 } else {
@@ -511,6 +516,16 @@ impl ContainerService {
     /// Creates a container under its monitor. On failure everything it did is undone
     /// (the caller unmounts the rootfs it mounted and releases the reservation).
     pub async fn create(self: &Arc<Self>, req: CreateRequest) -> Result<Arc<ContainerRecord>> {
+        self.create_with(req, None).await
+    }
+
+    /// [`Self::create`], or with `restore` the bundle of a container that
+    /// StartContainer restores from a checkpoint: no monitor runs until then.
+    async fn create_with(
+        self: &Arc<Self>,
+        req: CreateRequest,
+        restore: Option<RestoreSource>,
+    ) -> Result<Arc<ContainerRecord>> {
         let id = req.id.clone();
         let runtime = self.runtime(&req.runtime_handler)?;
         let log_dir = req.sandbox_config.log_directory.clone();
@@ -595,22 +610,32 @@ impl ContainerService {
                 username: built.user.username.clone(),
             },
             resources: req.config.linux.as_ref().and_then(|l| l.resources.clone()),
+            restore: None,
         };
         record::put(&self.db, &record).await?;
-        let outcome = self
-            .bring_up(
-                &mut record,
-                &runtime,
-                &built,
-                &req.rootfs,
-                Path::new(&log_dir),
-            )
-            .await;
+        let outcome = match restore {
+            None => {
+                self.bring_up(
+                    &mut record,
+                    &runtime,
+                    &built,
+                    &req.rootfs,
+                    Path::new(&log_dir),
+                )
+                .await
+            }
+            Some(source) => {
+                self.prepare_restore(&mut record, &built, &req.rootfs, source)
+                    .await
+            }
+        };
         match outcome {
             Ok(()) => {
                 let monitor_pid = record.monitor_pid;
                 let published = self.publish(record);
-                self.watch(&id, monitor_pid);
+                if monitor_pid > 0 {
+                    self.watch(&id, monitor_pid);
+                }
                 Ok(published)
             }
             Err(e) => {
@@ -628,6 +653,32 @@ impl ContainerService {
         built: &crate::spec::container::BuiltSpec,
         rootfs: &Path,
         log_dir: &Path,
+    ) -> Result<()> {
+        self.prepare_bundle(record, built, rootfs)?;
+        let spawned_at = std::time::Instant::now();
+        self.run_monitor(
+            record,
+            runtime,
+            built.spec.clone(),
+            built.userns,
+            log_dir,
+            None,
+        )
+        .await?;
+        let monitor_took = spawned_at.elapsed();
+        let stored_at = std::time::Instant::now();
+        record::put(&self.db, record).await?;
+        tracing::debug!(container = %record.id, ?monitor_took, store_took = ?stored_at.elapsed(), "container created");
+        Ok(())
+    }
+
+    /// What a container needs before its runtime runs: missing bind mount sources,
+    /// the image's volumes in the rootfs, the bundle directory.
+    fn prepare_bundle(
+        &self,
+        record: &ContainerRecord,
+        built: &crate::spec::container::BuiltSpec,
+        rootfs: &Path,
     ) -> Result<()> {
         let id = record.id.clone();
         let io = |step: &'static str| {
@@ -659,10 +710,29 @@ impl ContainerService {
                 .map_err(io("create bundle"))?,
             None => std::fs::create_dir_all(&record.bundle).map_err(io("create bundle"))?,
         }
+        Ok(())
+    }
+
+    /// Stages the spec's mounts, writes it and starts the container's monitor, which
+    /// creates the container (or, with `restore`, restores it from CRIU's images and
+    /// work directory); fills in the pids.
+    async fn run_monitor(
+        &self,
+        record: &mut ContainerRecord,
+        runtime: &OciRuntime,
+        mut spec: oci_spec::runtime::Spec,
+        userns: Option<crust_util::userns::IdMappings>,
+        log_dir: &Path,
+        restore: Option<(PathBuf, PathBuf)>,
+    ) -> Result<()> {
+        let id = record.id.clone();
+        let io = |step: &'static str| {
+            let id = id.clone();
+            move |source| ContainerError::Io { id, step, source }
+        };
         // Recursive read-only and idmapped mounts are made here, for runtimes that
         // cannot make them (runc 1.1).
-        let mut spec = built.spec.clone();
-        let (bundle, userns) = (record.bundle.clone(), built.userns);
+        let bundle = record.bundle.clone();
         let spec = tokio::task::spawn_blocking(move || {
             let ns = userns.map(|m| m.open_userns()).transpose()?;
             crate::staging::stage(&mut spec, &bundle, ns.as_ref().map(|f| f.as_fd())).map(|()| spec)
@@ -691,20 +761,21 @@ impl ContainerService {
             stdin: record.config.stdin,
             stdin_once: record.config.stdin_once,
             systemd_cgroup: runtime.systemd_cgroup(),
+            restore: restore.clone(),
         };
-        let spawned_at = std::time::Instant::now();
-        let started = monitor::spawn_monitor(&spawn, runtime.timeout()).await;
+        // CRIU takes as long as the memory it restores is big.
+        let (timeout, step) = match restore {
+            None => (runtime.timeout(), "create"),
+            Some(_) => (runtime.timeout().max(DEFAULT_CHECKPOINT_TIMEOUT), "restore"),
+        };
+        let started = monitor::spawn_monitor(&spawn, timeout).await;
         // Created or not, the container holds its own copy of any staged tree now.
         unstage_mounts(&record.bundle).await;
-        let started = started.map_err(rt(&id, "create"))?;
-        let monitor_took = spawned_at.elapsed();
+        let started = started.map_err(rt(&id, step))?;
         record.pid = started.container_pid;
         record.pid_start = liveness::start_time(started.container_pid).unwrap_or(0);
         record.monitor_pid = started.monitor_pid;
         record.monitor_start = liveness::start_time(started.monitor_pid).unwrap_or(0);
-        let stored_at = std::time::Instant::now();
-        record::put(&self.db, record).await?;
-        tracing::debug!(container = %id, ?monitor_took, store_took = ?stored_at.elapsed(), "container created");
         Ok(())
     }
 
@@ -732,9 +803,16 @@ impl ContainerService {
         });
         unstage_mounts(&r.bundle).await;
         let bundle = r.bundle.clone();
+        let restore_dir = r.restore.as_ref().map(|s| s.dir.clone());
         let removed = tokio::task::spawn_blocking(move || {
             if let Some(path) = cgroup {
                 crate::stats::cgroup::remove_empty_cgroup(&path);
+            }
+            if let Some(dir) = restore_dir
+                && let Err(e) = std::fs::remove_dir_all(&dir)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!(dir = %dir.display(), error = %e, "remove the extracted checkpoint");
             }
             std::fs::remove_dir_all(&bundle)
         })
@@ -747,8 +825,8 @@ impl ContainerService {
         }
     }
 
-    /// Starts a created container.
-    pub async fn start(&self, id: &str) -> Result<()> {
+    /// Starts a created container (restores one made from a checkpoint).
+    pub async fn start(self: &Arc<Self>, id: &str) -> Result<()> {
         let r = self
             .get(id)
             .ok_or_else(|| ContainerError::NotFound(id.to_string()))?;
@@ -757,6 +835,9 @@ impl ContainerService {
                 id: r.id.clone(),
                 message: format!("cannot start: it is {:?}", state(&r)),
             });
+        }
+        if r.restore_pending() {
+            return self.start_restore(&r.id).await;
         }
         let runtime = self.runtime(&r.runtime_handler)?;
         if let Err(e) = runtime.start(&r.id).await {
@@ -786,6 +867,9 @@ impl ContainerService {
             .ok_or_else(|| ContainerError::NotFound(id.to_string()))?;
         if r.finished_at.is_some() {
             return Ok(());
+        }
+        if r.restore_pending() {
+            return self.stop_unrestored(&r.id).await;
         }
         let runtime = self.runtime(&r.runtime_handler)?;
         let mut exited = self.exit_channel(&r.id);

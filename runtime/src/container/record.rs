@@ -6,7 +6,10 @@
 //!                 └──────────────(monitor saw it die, removed)───────┘
 //! ```
 //! A record is written before the container is created in the runtime (`pid == 0`),
-//! so recovery can tell a half-made container and undo it.
+//! so recovery can tell a half-made container and undo it. A container made from a
+//! checkpoint archive is CREATED with `pid == 0` and [`ContainerRecord::restore`] set:
+//! nothing runs until StartContainer restores its processes (see
+//! [`crate::container::restore`]).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -85,6 +88,24 @@ pub struct ContainerRecord {
     pub user: RecordedUser,
     /// The resources in force (after UpdateContainerResources).
     pub resources: Option<cri::LinuxContainerResources>,
+    /// Set for a container made from a checkpoint archive (kept once it runs, so a
+    /// checkpoint of it says it was restored).
+    #[serde(default)]
+    pub restore: Option<RestoreSource>,
+}
+
+/// Where a container made from a checkpoint archive restores from.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RestoreSource {
+    /// The archive's extracted members (`checkpoint/` holds CRIU's images; CRIU's
+    /// `restore.log` is written here too), private to crust.
+    pub dir: PathBuf,
+    /// The archive it came from, as CreateContainer named it.
+    pub archive: String,
+    /// When the archive's container was checkpointed (RFC 3339, from config.dump).
+    pub checkpointed_at: String,
+    /// The pod's log directory, below which the monitor opens the container's log.
+    pub log_dir: PathBuf,
 }
 
 /// The CRI state of a record.
@@ -93,7 +114,7 @@ pub fn state(r: &ContainerRecord) -> cri::ContainerState {
         cri::ContainerState::ContainerExited
     } else if r.started_at.is_some() {
         cri::ContainerState::ContainerRunning
-    } else if r.pid > 0 {
+    } else if r.pid > 0 || r.restore_pending() {
         cri::ContainerState::ContainerCreated
     } else {
         cri::ContainerState::ContainerUnknown
@@ -104,6 +125,12 @@ impl ContainerRecord {
     /// The metadata (validated at creation).
     pub fn metadata(&self) -> cri::ContainerMetadata {
         self.config.metadata.clone().unwrap_or_default()
+    }
+
+    /// Whether this is a container made from a checkpoint whose processes have not
+    /// been restored yet (StartContainer restores them).
+    pub fn restore_pending(&self) -> bool {
+        self.restore.is_some() && self.pid == 0 && self.finished_at.is_none()
     }
 
     /// Attach socket path.
