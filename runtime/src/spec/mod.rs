@@ -380,6 +380,10 @@ pub(crate) fn capabilities_from_mask(mask: u64) -> Vec<Capability> {
 /// Writes `spec` to `<bundle>/config.json` atomically (a temporary file renamed into
 /// place), so a crash never leaves a half-written spec for the runtime to read; creates
 /// the bundle directory if needed. Returns the file's path.
+///
+/// Not synced: bundles live in the state directory, volatile by design (tmpfs on a
+/// node; a reboot ends every container anyway), and a crustd crash keeps the page
+/// cache. An fsync here was a disk flush on the pod-start path for nothing.
 pub fn write_spec(bundle: &Path, spec: &Spec) -> Result<PathBuf> {
     std::fs::create_dir_all(bundle)
         .map_err(|err| RuntimeError::io("create bundle", bundle, err))?;
@@ -393,7 +397,6 @@ pub fn write_spec(bundle: &Path, spec: &Spec) -> Result<PathBuf> {
         .tempfile_in(bundle)
         .map_err(|err| RuntimeError::io("create temporary spec in", bundle, err))?;
     temp.write_all(&bytes)
-        .and_then(|()| temp.as_file().sync_all())
         .map_err(|err| RuntimeError::io("write spec", temp.path().to_owned(), err))?;
     temp.persist(&path)
         .map_err(|err| RuntimeError::io("write spec", &path, err.error))?;
