@@ -258,9 +258,19 @@ async fn stop_kills_what_ignores_sigterm_and_stops_are_idempotent() {
     let id = p
         .run(p.config(
             "stubborn",
-            &sh("trap '' TERM; while true; do sleep 0.1; done"),
+            &sh("trap '' TERM; echo trapped; while true; do sleep 0.1; done"),
         ))
         .await;
+    // A stop before the shell has run `trap` would kill it with the TERM itself.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !p
+        .log("stubborn")
+        .iter()
+        .any(|(_, _, text)| text == "trapped")
+    {
+        assert!(Instant::now() < deadline, "the trap was never set");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let (_, info) = p.status(&id).await;
     let pid = info["pid"].as_i64().unwrap();
     let start = Instant::now();
