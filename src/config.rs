@@ -103,12 +103,37 @@ impl Default for StreamingConfig {
     }
 }
 
-/// One OCI runtime (a runc-compatible CLI).
+/// One runtime handler's low-level runtime.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RuntimeConfig {
-    /// The binary: a name looked up in PATH, or an absolute path.
+    /// What runs the containers: a runc-compatible binary, or libcontainer in crust.
+    #[serde(default, rename = "type")]
+    pub kind: RuntimeKind,
+    /// The binary of an `oci` runtime: a name looked up in PATH, or an absolute path.
+    #[serde(default)]
     pub path: PathBuf,
+}
+
+/// The kinds of low-level runtime.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RuntimeKind {
+    /// A runc-compatible CLI (runc, crun, youki) at `path`.
+    #[default]
+    Oci,
+    /// youki's libcontainer inside crust-monitor and crustd: no runtime binary.
+    Embedded,
+}
+
+impl RuntimeConfig {
+    /// The handler as the sandbox service takes it.
+    pub fn handler(&self) -> crust_sandbox::Handler {
+        match self.kind {
+            RuntimeKind::Oci => crust_sandbox::Handler::Oci(self.path.clone()),
+            RuntimeKind::Embedded => crust_sandbox::Handler::Embedded,
+        }
+    }
 }
 
 /// Log output formats.
@@ -188,12 +213,22 @@ impl Default for Config {
             },
             cni: CniConfig::default(),
             default_runtime: "runc".into(),
-            runtimes: BTreeMap::from([(
-                "runc".to_string(),
-                RuntimeConfig {
-                    path: "runc".into(),
-                },
-            )]),
+            runtimes: BTreeMap::from([
+                (
+                    "runc".to_string(),
+                    RuntimeConfig {
+                        kind: RuntimeKind::Oci,
+                        path: "runc".into(),
+                    },
+                ),
+                (
+                    "embedded".to_string(),
+                    RuntimeConfig {
+                        kind: RuntimeKind::Embedded,
+                        path: PathBuf::new(),
+                    },
+                ),
+            ]),
             monitor_path: None,
             metrics_address: None,
             pause_image: None,
@@ -258,10 +293,17 @@ default_runtime = "runc"
 # gives every pod a pause process.
 drop_infra_container = true
 
-# OCI runtimes by RuntimeClass handler: any runc-compatible CLI (runc, crun, youki).
-# A pod asking for a handler not listed here is refused.
+# Runtime handlers by RuntimeClass name. `type = "oci"` (the default) is any
+# runc-compatible CLI at `path` (runc, crun, youki); `type = "embedded"` is youki's
+# libcontainer built into crust: no runtime binary runs, crust-monitor creates the
+# container itself (checkpoint and restore need an oci handler). A pod asking for a
+# handler not listed here is refused.
 [runtimes.runc]
 path = "runc"
+
+[runtimes.embedded]
+type = "embedded"
+
 # [runtimes.crun]
 # path = "/usr/bin/crun"
 
@@ -385,8 +427,14 @@ impl Config {
             );
         }
         for (name, runtime) in &self.runtimes {
-            if runtime.path.as_os_str().is_empty() {
-                bail!("runtimes.{name}.path: empty");
+            match runtime.kind {
+                RuntimeKind::Oci if runtime.path.as_os_str().is_empty() => {
+                    bail!("runtimes.{name}.path: empty");
+                }
+                RuntimeKind::Embedded if !runtime.path.as_os_str().is_empty() => {
+                    bail!("runtimes.{name}.path: an embedded runtime runs no binary");
+                }
+                _ => {}
             }
         }
         if self.streaming.tls_cert.is_some() != self.streaming.tls_key.is_some() {

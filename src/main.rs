@@ -357,14 +357,21 @@ async fn recover(config: Arc<Config>, streaming_url: String) -> anyhow::Result<c
         cache_dir: config.cni.cache_dir.clone(),
         ..Default::default()
     }));
+    let monitor_binary = match &config.monitor_path {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()
+            .context("locate crustd")?
+            .with_file_name("crust-monitor"),
+    };
     let sandbox_options = crust_sandbox::SandboxOptions {
         root: config.root.clone(),
         state: config.state.clone(),
         runtimes: config
             .runtimes
             .iter()
-            .map(|(k, v)| (k.clone(), v.path.clone()))
+            .map(|(k, v)| (k.clone(), v.handler()))
             .collect(),
+        monitor_binary: monitor_binary.clone(),
         default_runtime: config.default_runtime.clone(),
         cgroup_driver: match config.cgroup_driver {
             config::CgroupDriver::Cgroupfs => crust_sandbox::CgroupDriver::Cgroupfs,
@@ -388,12 +395,6 @@ async fn recover(config: Arc<Config>, streaming_url: String) -> anyhow::Result<c
             tracing::warn!(error = %e, "apparmor: the RuntimeDefault profile is not loaded; containers asking for it will be refused")
         }
     }
-    let monitor_binary = match &config.monitor_path {
-        Some(p) => p.clone(),
-        None => std::env::current_exe()
-            .context("locate crustd")?
-            .with_file_name("crust-monitor"),
-    };
     let containers = crust_runtime::container::ContainerService::open(
         Arc::clone(&db),
         crust_runtime::container::ContainerOptions {

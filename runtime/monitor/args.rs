@@ -1,14 +1,19 @@
 //! The command line, parsed by hand (no clap: the monitor stays small).
 //!
 //! ```text
-//! crust-monitor --id ID --bundle B --runtime BIN --runtime-root R [--bundle-dir D]
+//! crust-monitor --id ID --bundle B (--runtime BIN | --embedded) --runtime-root R [--bundle-dir D]
 //!     [--systemd-cgroup] --log-path L [--log-dir D] --exit-file E --attach-socket A
 //!     [--tty] [--stdin] [--stdin-once] [--create-timeout SECS]
 //!     [--restore-images DIR --restore-work DIR] --sync-fd N
 //! ```
 //!
 //! With `--restore-images` the monitor runs `<runtime> restore` from those CRIU
-//! images instead of `<runtime> create` (see `create`).
+//! images instead of `<runtime> create` (see `create`). With `--embedded` it creates
+//! the container itself with libcontainer (see `embedded`), keeping its state under
+//! the runtime root as the embedded handler's CLI does.
+//!
+//! `crust-monitor oci ...` is another program altogether: the embedded handler's
+//! runc-compatible CLI (see `oci_cli`).
 //!
 //! Every option is `--name value` or a bare flag; paths need not be UTF-8.
 
@@ -28,8 +33,8 @@ pub struct Args {
     pub id: String,
     /// The bundle directory (config.json, log.json, the pid file).
     pub bundle: PathBuf,
-    /// The OCI runtime binary.
-    pub runtime: PathBuf,
+    /// The OCI runtime binary; `None` with `--embedded`.
+    pub runtime: Option<PathBuf>,
     /// The runtime's `--root`.
     pub runtime_root: PathBuf,
     /// The directory of all bundles, as the runtime driver is configured.
@@ -83,6 +88,7 @@ pub fn parse(argv: &[OsString]) -> Result<Args, String> {
     let mut restore_images = None;
     let mut restore_work = None;
     let (mut tty, mut stdin, mut stdin_once, mut systemd_cgroup) = (false, false, false, false);
+    let mut embedded = false;
 
     let mut iter = argv.iter();
     while let Some(arg) = iter.next() {
@@ -94,6 +100,7 @@ pub fn parse(argv: &[OsString]) -> Result<Args, String> {
             "--stdin" => Some(&mut stdin),
             "--stdin-once" => Some(&mut stdin_once),
             "--systemd-cgroup" => Some(&mut systemd_cgroup),
+            "--embedded" => Some(&mut embedded),
             _ => None,
         };
         if let Some(flag) = flag {
@@ -148,10 +155,19 @@ pub fn parse(argv: &[OsString]) -> Result<Args, String> {
         }),
         _ => return Err("--restore-images and --restore-work go together".into()),
     };
+    let runtime = match (runtime, embedded) {
+        (Some(runtime), false) => Some(runtime.into()),
+        (None, true) => None,
+        (None, false) => return Err("missing --runtime (or --embedded)".into()),
+        (Some(_), true) => return Err("--runtime and --embedded exclude each other".into()),
+    };
+    if embedded && restore.is_some() {
+        return Err("--embedded cannot restore a checkpoint".into());
+    }
     Ok(Args {
         id,
         bundle: required(bundle, "--bundle")?.into(),
-        runtime: required(runtime, "--runtime")?.into(),
+        runtime,
         runtime_root: required(runtime_root, "--runtime-root")?.into(),
         bundle_dir: bundle_dir.map(PathBuf::from),
         systemd_cgroup,
@@ -203,7 +219,7 @@ mod tests {
             Args {
                 id: "c1".into(),
                 bundle: "/b".into(),
-                runtime: "/usr/sbin/runc".into(),
+                runtime: Some("/usr/sbin/runc".into()),
                 runtime_root: "/r".into(),
                 bundle_dir: None,
                 systemd_cgroup: false,
@@ -275,6 +291,27 @@ mod tests {
         let mut empty = argv(MINIMAL);
         empty.extend([OsString::from("--bundle-dir"), OsString::new()]);
         assert_eq!(parse(&empty).unwrap_err(), "--bundle-dir needs a value");
+    }
+
+    #[test]
+    fn embedded_replaces_the_runtime_binary() {
+        let line = MINIMAL.replace("--runtime /usr/sbin/runc", "--embedded");
+        assert_eq!(parse(&argv(&line)).unwrap().runtime, None);
+        assert_eq!(
+            parse(&argv(&format!("{MINIMAL} --embedded"))).unwrap_err(),
+            "--runtime and --embedded exclude each other"
+        );
+        let none = MINIMAL.replace("--runtime /usr/sbin/runc", "");
+        assert_eq!(
+            parse(&argv(&none)).unwrap_err(),
+            "missing --runtime (or --embedded)"
+        );
+        assert!(
+            parse(&argv(&format!(
+                "{line} --restore-images /i --restore-work /w"
+            )))
+            .is_err()
+        );
     }
 
     #[test]

@@ -77,8 +77,8 @@ pub struct Created {
 
 /// Runs `<runtime> create` to completion (or `args.create_timeout`). On failure every
 /// process it left has been killed and reaped.
-pub fn create(args: &Args, signals: &SignalFd) -> Result<Created, CreateFailure> {
-    let mut runtime = OciRuntime::new(args.runtime.clone(), args.runtime_root.clone())
+pub fn create(args: &Args, binary: &Path, signals: &SignalFd) -> Result<Created, CreateFailure> {
+    let mut runtime = OciRuntime::new(binary.to_path_buf(), args.runtime_root.clone())
         .with_systemd_cgroup(args.systemd_cgroup);
     if let Some(dir) = &args.bundle_dir {
         runtime = runtime.with_bundle_dir(dir.clone());
@@ -169,10 +169,9 @@ pub fn create(args: &Args, signals: &SignalFd) -> Result<Created, CreateFailure>
         .chain(command.get_args())
         .map(|arg| arg.to_string_lossy().into_owned())
         .collect();
-    let runtime_name = args
-        .runtime
+    let runtime_name = binary
         .file_name()
-        .unwrap_or(args.runtime.as_os_str())
+        .unwrap_or(binary.as_os_str())
         .to_string_lossy()
         .into_owned();
 
@@ -182,7 +181,7 @@ pub fn create(args: &Args, signals: &SignalFd) -> Result<Created, CreateFailure>
                 runtime: runtime_name.clone(),
                 command: verb,
                 id: args.id.clone(),
-                binary: args.runtime.clone(),
+                binary: binary.to_path_buf(),
                 source,
             }
             .to_string(),
@@ -386,7 +385,7 @@ fn read_available(fd: &OwnedFd, into: &mut Vec<u8>) -> bool {
 }
 
 /// The pty master the runtime sends over a console socket connection, non-blocking.
-fn receive_fd(stream: &UnixStream) -> Option<OwnedFd> {
+pub(crate) fn receive_fd(stream: &UnixStream) -> Option<OwnedFd> {
     let master = crust_runtime::console::receive_pty_master(stream, Duration::from_secs(5)).ok()?;
     sys::set_nonblocking(&master).ok()?;
     Some(master)
@@ -414,7 +413,7 @@ fn with_console_socket(command: &Command, socket: &Path) -> Command {
 }
 
 /// A close-on-exec pipe, as (read, write).
-fn pipe() -> Result<(OwnedFd, OwnedFd), CreateFailure> {
+pub(crate) fn pipe() -> Result<(OwnedFd, OwnedFd), CreateFailure> {
     let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(|err| failure(format!("pipe: {err}")))?;
     Ok((read, write))
@@ -425,7 +424,7 @@ fn spawn(command: &mut Command) -> std::io::Result<std::process::Child> {
     crust_util::process::spawn_retrying_etxtbsy(|| command.spawn())
 }
 
-fn read_pid_file(path: &Path) -> Result<Pid, String> {
+pub(crate) fn read_pid_file(path: &Path) -> Result<Pid, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|err| format!("read pid file {}: {err}", path.display()))?;
     text.trim()

@@ -35,6 +35,8 @@ mod args;
 mod cgroup;
 mod create;
 mod crilog;
+mod embedded;
+mod oci_cli;
 mod serve;
 mod sys;
 
@@ -59,6 +61,12 @@ const CLIENT_GRACE: Duration = Duration::from_secs(1);
 
 fn main() {
     let argv: Vec<OsString> = std::env::args_os().skip(1).collect();
+    if argv
+        .first()
+        .is_some_and(|arg| arg == crust_runtime::embedded::CLI_SUBCOMMAND)
+    {
+        std::process::exit(oci_cli::main(&argv[1..]));
+    }
     let args = match args::parse(&argv) {
         Ok(args) => args,
         Err(message) => {
@@ -169,7 +177,10 @@ fn start(args: &Args) -> Result<Started, CreateFailure> {
     let log = LogFile::open(args.log_path.clone(), args.log_dir.clone())
         .map_err(|err| failure(format!("open log file {}: {err}", args.log_path.display())))?;
 
-    let created = create::create(args, &signals)?;
+    let created = match &args.runtime {
+        Some(binary) => create::create(args, binary, &signals)?,
+        None => embedded::create(args)?,
+    };
     // Right after create, while the container surely lives: its memory cgroup.
     let oom = OomWatch::of_process(created.pid.as_raw());
     let listener = bind_attach_socket(&args.attach_socket).map_err(|err| {
@@ -246,7 +257,11 @@ fn send(sync: &mut UnixStream, message: &SyncMessage) -> bool {
 fn abandon(args: &Args) {
     sys::kill_and_reap_children();
     let _ = std::fs::remove_file(&args.attach_socket);
-    let runtime = crust_runtime::OciRuntime::new(args.runtime.clone(), args.runtime_root.clone())
+    let Some(binary) = &args.runtime else {
+        embedded::remove_state(args);
+        return;
+    };
+    let runtime = crust_runtime::OciRuntime::new(binary.clone(), args.runtime_root.clone())
         .with_systemd_cgroup(args.systemd_cgroup);
     let log = args.bundle.join(crust_runtime::oci::LOG_FILE);
     let Ok(mut command) = runtime.delete_command(&args.id, true, &log) else {

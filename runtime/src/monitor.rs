@@ -39,6 +39,7 @@ use crust_proto::monitor::{
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::error::{ErrorKind, Failure, Result, RuntimeError};
+use crate::lowlevel::CreateEngine;
 use crate::oci::{CreateOptions, OciRuntime};
 
 /// The file in the bundle where the monitor has the runtime write the container's pid.
@@ -62,8 +63,9 @@ pub struct MonitorSpawn {
     pub id: String,
     /// The container's bundle (config.json; the runtime's log.json goes there).
     pub bundle: PathBuf,
-    /// The OCI runtime binary the monitor runs `create` with.
-    pub runtime_binary: PathBuf,
+    /// How the monitor creates the container: an OCI runtime binary's `create`, or
+    /// libcontainer in the monitor.
+    pub engine: CreateEngine,
     /// The runtime's state directory (`--root`).
     pub runtime_root: PathBuf,
     /// The CRI log file (its directory is created).
@@ -108,8 +110,12 @@ impl MonitorSpawn {
     /// reaches the monitor.
     pub fn args(&self, sync_fd: RawFd, create_timeout: Duration) -> Result<Vec<OsString>> {
         // The monitor builds exactly this command line (create_command), so checking
-        // it here catches what it would refuse.
-        OciRuntime::new(self.runtime_binary.clone(), self.runtime_root.clone()).create_command(
+        // it here catches what it would refuse (the embedded engine checks the same).
+        let binary = match &self.engine {
+            CreateEngine::Cli(binary) => binary.clone(),
+            CreateEngine::Embedded => PathBuf::from(crate::embedded::NAME),
+        };
+        OciRuntime::new(binary, self.runtime_root.clone()).create_command(
             &self.id,
             &self.bundle,
             &CreateOptions {
@@ -130,11 +136,23 @@ impl MonitorSpawn {
             self.id.clone().into(),
             "--bundle".into(),
             absolute("bundle", &self.bundle)?,
-            "--runtime".into(),
-            self.runtime_binary.clone().into(),
+        ];
+        match &self.engine {
+            CreateEngine::Cli(binary) => args.extend(["--runtime".into(), binary.clone().into()]),
+            CreateEngine::Embedded => {
+                if self.restore.is_some() {
+                    return Err(RuntimeError::Unsupported {
+                        what: "restore",
+                        reason: "the embedded handler cannot restore checkpoints; use runc".into(),
+                    });
+                }
+                args.push("--embedded".into());
+            }
+        }
+        args.extend([
             "--runtime-root".into(),
             absolute("runtime root", &self.runtime_root)?,
-        ];
+        ]);
         args.extend(["--log-path".into(), absolute("log path", &self.log_path)?]);
         if let Some(dir) = &self.log_dir {
             args.extend(["--log-dir".into(), absolute("log directory", dir)?]);
@@ -188,7 +206,10 @@ impl MonitorSpawn {
 
     /// The runtime's name for messages: its binary's file name.
     fn runtime_name(&self) -> String {
-        let binary = &self.runtime_binary;
+        let binary = match &self.engine {
+            CreateEngine::Cli(binary) => binary,
+            CreateEngine::Embedded => return crate::embedded::NAME.into(),
+        };
         binary
             .file_name()
             .unwrap_or(binary.as_os_str())
@@ -580,7 +601,7 @@ mod tests {
             binary: "/usr/bin/crust-monitor".into(),
             id: "c1".into(),
             bundle: "/run/crust/bundles/c1".into(),
-            runtime_binary: "/usr/sbin/runc".into(),
+            engine: CreateEngine::Cli("/usr/sbin/runc".into()),
             runtime_root: "/run/crust/runc".into(),
             log_path: "/var/log/pods/ns_p_uid/c/0.log".into(),
             log_dir: None,

@@ -60,6 +60,9 @@ const LOG_READ_MAX: u64 = 64 * 1024;
 #[derive(Debug, Clone)]
 pub struct OciRuntime {
     binary: PathBuf,
+    /// Arguments before the global options: `oci` when the binary is crust-monitor
+    /// serving the embedded handler's CLI.
+    prefix: Vec<std::ffi::OsString>,
     root: PathBuf,
     bundle_dir: Option<PathBuf>,
     timeout: Duration,
@@ -157,6 +160,7 @@ impl OciRuntime {
         let root = std::path::absolute(&root).unwrap_or(root);
         OciRuntime {
             binary,
+            prefix: Vec::new(),
             root,
             bundle_dir: None,
             timeout: DEFAULT_TIMEOUT,
@@ -168,6 +172,13 @@ impl OciRuntime {
     /// `<dir>/<id>/log.json`.
     pub fn with_bundle_dir(mut self, dir: PathBuf) -> OciRuntime {
         self.bundle_dir = Some(std::path::absolute(&dir).unwrap_or(dir));
+        self
+    }
+
+    /// Every command line starts with `args` after the binary (a subcommand that
+    /// makes the binary a runc-compatible CLI).
+    pub fn with_prefix_args(mut self, args: &[&str]) -> OciRuntime {
+        self.prefix = args.iter().map(Into::into).collect();
         self
     }
 
@@ -466,7 +477,7 @@ impl OciRuntime {
     }
 
     /// The runtime's name for messages: its binary's file name.
-    fn name(&self) -> String {
+    pub fn name(&self) -> String {
         self.binary
             .file_name()
             .unwrap_or(self.binary.as_os_str())
@@ -474,11 +485,14 @@ impl OciRuntime {
             .into_owned()
     }
 
-    /// The binary with the global options every call gets.
-    fn command(&self, log: &Path) -> std::process::Command {
+    /// The binary with the global options every call gets, logging to `log`: stdin
+    /// /dev/null, `NOTIFY_SOCKET` removed, its own process group, the runtime umask.
+    /// Callers add the verb and its arguments.
+    pub fn command(&self, log: &Path) -> std::process::Command {
         use std::os::unix::process::CommandExt;
         let mut command = std::process::Command::new(&self.binary);
         command
+            .args(&self.prefix)
             .arg("--root")
             .arg(&self.root)
             .arg("--log")

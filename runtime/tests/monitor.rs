@@ -208,7 +208,7 @@ impl Container {
             binary: MONITOR.into(),
             id: self.id.clone(),
             bundle: self.bundle.clone(),
-            runtime_binary: self.runtime.binary().to_path_buf(),
+            engine: crust_runtime::CreateEngine::Cli(self.runtime.binary().to_path_buf()),
             runtime_root: self.runtime.root().to_path_buf(),
             log_path: self.log.clone(),
             log_dir: None,
@@ -751,7 +751,7 @@ async fn a_hanging_runtime_is_killed_with_its_monitor() {
     std::fs::write(&script, "#!/bin/sh\nwhile :; do sleep 1; done\n").unwrap();
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
     let mut spawn = c.spawn();
-    spawn.runtime_binary = script;
+    spawn.engine = crust_runtime::CreateEngine::Cli(script);
     spawn.binary = uniquely_named_monitor(c.dir.path(), "cm-hang");
     let begun = Instant::now();
     let err = spawn_monitor(&spawn, Duration::from_secs(1))
@@ -852,7 +852,7 @@ async fn zz_helper_spawns_a_monitor_and_dies() {
         binary: MONITOR.into(),
         id: request["id"].as_str().unwrap().to_owned(),
         bundle: path("bundle"),
-        runtime_binary: RUNC.into(),
+        engine: crust_runtime::CreateEngine::Cli(RUNC.into()),
         runtime_root: path("runtime_root"),
         log_path: path("log_path"),
         log_dir: None,
@@ -880,7 +880,7 @@ async fn a_container_created_after_its_spawner_died_is_killed_and_deleted() {
     std::fs::write(&slow, format!("#!/bin/sh\nsleep 1\nexec {RUNC} \"$@\"\n")).unwrap();
     std::fs::set_permissions(&slow, std::fs::Permissions::from_mode(0o755)).unwrap();
     let mut spawn = c.spawn();
-    spawn.runtime_binary = slow;
+    spawn.engine = crust_runtime::CreateEngine::Cli(slow);
     spawn.binary = uniquely_named_monitor(c.dir.path(), "cm-gone");
     use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
     let (ours, theirs) = socketpair(

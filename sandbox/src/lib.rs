@@ -24,6 +24,7 @@ use crust_proto::cri;
 use crust_runtime::liveness;
 use crust_runtime::oci::{CreateOptions, OciRuntime};
 use crust_runtime::pause_spec::{self, NamespaceMode as NsMode, PidMode, SandboxSpec};
+use crust_runtime::{Embedded, LowLevelRuntime};
 use redb::Database;
 
 pub use error::{ErrorKind, Result, SandboxError};
@@ -62,6 +63,15 @@ pub enum CgroupDriver {
     Systemd,
 }
 
+/// What runs a runtime handler's containers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Handler {
+    /// A runc-compatible OCI runtime binary (runc, crun, youki).
+    Oci(PathBuf),
+    /// libcontainer, in crust-monitor and crustd.
+    Embedded,
+}
+
 /// How the sandbox service is set up.
 #[derive(Debug, Clone)]
 pub struct SandboxOptions {
@@ -69,8 +79,10 @@ pub struct SandboxOptions {
     pub root: PathBuf,
     /// Runtime state (bundles, shm mounts, netns, the pause rootfs).
     pub state: PathBuf,
-    /// OCI runtime binaries by runtime handler name.
-    pub runtimes: BTreeMap<String, PathBuf>,
+    /// The low-level runtime of each runtime handler, by name.
+    pub runtimes: BTreeMap<String, Handler>,
+    /// crust-monitor, which the embedded handler runs for what forks.
+    pub monitor_binary: PathBuf,
     /// The handler used when a request names none.
     pub default_runtime: String,
     /// The cgroup driver.
@@ -91,7 +103,7 @@ pub struct SandboxService {
     db: Arc<Database>,
     options: SandboxOptions,
     cni: Arc<Cni>,
-    runtimes: HashMap<String, Arc<OciRuntime>>,
+    runtimes: HashMap<String, Arc<dyn LowLevelRuntime>>,
     pause_rootfs: PathBuf,
     index: RwLock<Index>,
     /// Serializes stop and remove per sandbox.
@@ -149,21 +161,38 @@ impl SandboxService {
         let pause_rootfs = crust_runtime::install_pause_rootfs(&options.state.join("pause"))
             .map_err(|e| io("install the pause rootfs", e))?;
         let mut runtimes = HashMap::new();
-        for (name, binary) in &options.runtimes {
-            // A runc without the Leaky Vessels fix is refused before it runs anything.
-            let checked = binary.clone();
-            let version =
-                tokio::task::spawn_blocking(move || crust_runtime::oci_version::check(&checked))
+        let systemd = options.cgroup_driver == CgroupDriver::Systemd;
+        for (name, handler) in &options.runtimes {
+            let root = options.state.join("runtime").join(name);
+            std::fs::create_dir_all(&root).map_err(|e| io("create runtime root", e))?;
+            let runtime: Arc<dyn LowLevelRuntime> = match handler {
+                Handler::Oci(binary) => {
+                    // A runc without the Leaky Vessels fix is refused before it runs
+                    // anything.
+                    let checked = binary.clone();
+                    let version = tokio::task::spawn_blocking(move || {
+                        crust_runtime::oci_version::check(&checked)
+                    })
                     .await
                     .map_err(|e| SandboxError::Invalid(format!("runtime check: {e}")))?
                     .map_err(|e| SandboxError::Invalid(format!("runtime handler {name:?}: {e}")))?;
-            tracing::info!(handler = %name, runtime = %version.name, version = %version.version, commit = %version.commit, "runtime handler");
-            let root = options.state.join("runtime").join(name);
-            std::fs::create_dir_all(&root).map_err(|e| io("create runtime root", e))?;
-            let runtime = OciRuntime::new(binary.clone(), root)
-                .with_bundle_dir(options.state.join("bundles"))
-                .with_systemd_cgroup(options.cgroup_driver == CgroupDriver::Systemd);
-            runtimes.insert(name.clone(), Arc::new(runtime));
+                    tracing::info!(handler = %name, runtime = %version.name, version = %version.version, commit = %version.commit, "runtime handler");
+                    Arc::new(
+                        OciRuntime::new(binary.clone(), root)
+                            .with_bundle_dir(options.state.join("bundles"))
+                            .with_systemd_cgroup(systemd),
+                    )
+                }
+                Handler::Embedded => {
+                    tracing::info!(handler = %name, runtime = "embedded (libcontainer)", monitor = %options.monitor_binary.display(), "runtime handler");
+                    Arc::new(
+                        Embedded::new(options.monitor_binary.clone(), root)
+                            .with_bundle_dir(options.state.join("bundles"))
+                            .with_systemd_cgroup(systemd),
+                    )
+                }
+            };
+            runtimes.insert(name.clone(), runtime);
         }
         if !runtimes.contains_key(&options.default_runtime) {
             return Err(SandboxError::Invalid(format!(
@@ -305,7 +334,7 @@ impl SandboxService {
     }
 
     /// The OCI runtimes by handler, shared with the container service.
-    pub fn runtimes(&self) -> HashMap<String, Arc<OciRuntime>> {
+    pub fn runtimes(&self) -> HashMap<String, Arc<dyn LowLevelRuntime>> {
         self.runtimes.clone()
     }
 
@@ -324,7 +353,7 @@ impl SandboxService {
         self.cni.network_ready().map_err(|e| e.to_string())
     }
 
-    fn runtime(&self, handler: &str) -> Result<(String, Arc<OciRuntime>)> {
+    fn runtime(&self, handler: &str) -> Result<(String, Arc<dyn LowLevelRuntime>)> {
         let name = if handler.is_empty() {
             self.options.default_runtime.as_str()
         } else {
@@ -426,7 +455,7 @@ impl SandboxService {
         }
         record.cgroups_path = self.cgroups_path(&record);
         let outcome = match record::put(&self.db, &record).await {
-            Ok(()) => self.bring_up(&mut record, &runtime, pause).await,
+            Ok(()) => self.bring_up(&mut record, &*runtime, pause).await,
             Err(e) => Err(e),
         };
         match outcome {
@@ -502,7 +531,7 @@ impl SandboxService {
     async fn bring_up(
         &self,
         record: &mut SandboxRecord,
-        runtime: &OciRuntime,
+        runtime: &dyn LowLevelRuntime,
         pause: Option<PauseProcess>,
     ) -> Result<()> {
         let id = record.id.clone();
@@ -651,7 +680,7 @@ impl SandboxService {
     async fn pause_up(
         &self,
         record: &SandboxRecord,
-        runtime: &OciRuntime,
+        runtime: &dyn LowLevelRuntime,
         pause: Option<PauseProcess>,
     ) -> Result<i32> {
         let id = record.id.clone();

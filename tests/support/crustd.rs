@@ -80,6 +80,16 @@ impl Crustd {
 
     fn write_config(&self) {
         let p = self.dir.path();
+        // The whole suite can run on another handler (CI runs it on the embedded
+        // one too): only where a test picks no runtime itself.
+        let mut top = self.top_config.clone();
+        if let Ok(handler) = std::env::var("CRUST_TEST_DEFAULT_RUNTIME")
+            && !handler.is_empty()
+            && !top.contains("default_runtime")
+            && !self.extra_config.contains("[runtimes.")
+        {
+            top = format!("default_runtime = {handler:?}\n{top}");
+        }
         let config = format!(
             "root = {root:?}\nstate = {state:?}\nlisten = {sock:?}\nlog_level = \"debug\"\n{top}\
              [registry]\nconfig_path = {certs:?}\n{registry}\n\
@@ -92,7 +102,6 @@ impl Crustd {
             cache = p.join("cni-cache"),
             bin = p.join("cni-bin"),
             extra = self.extra_config,
-            top = self.top_config,
             registry = self.registry_config,
         );
         fs::write(p.join("config.toml"), config).unwrap();

@@ -98,6 +98,18 @@ impl ContainerService {
             ));
         }
         let runtime = self.runtime(&r.runtime_handler)?;
+        if !runtime.checkpoints() {
+            return Err(failed(
+                &id,
+                ContainerErrorKind::FailedPrecondition,
+                format!(
+                    "checkpoint: runtime handler {:?} ({}) cannot checkpoint; CRIU runs \
+                     through an OCI runtime binary such as runc",
+                    r.runtime_handler,
+                    runtime.name()
+                ),
+            ));
+        }
         // One checkpoint of a container at a time: a second one's resume must not thaw
         // the first one's dump.
         let _guard = self.checkpoints.lock(&id).await;
@@ -105,7 +117,7 @@ impl ContainerService {
         let location = PathBuf::from(&req.location);
         let (work, file, created) = self.prepare(&id, &location).await?;
         let outcome = self
-            .dump_and_archive(&r, &runtime, &work, &file, &upper, deadline)
+            .dump_and_archive(&r, &*runtime, &work, &file, &upper, deadline)
             .await;
         drop(file);
         let work_path = work.path().to_path_buf();
@@ -213,7 +225,7 @@ impl ContainerService {
     async fn dump_and_archive(
         &self,
         r: &super::ContainerRecord,
-        runtime: &crate::oci::OciRuntime,
+        runtime: &dyn crate::lowlevel::LowLevelRuntime,
         work: &tempfile::TempDir,
         file: &std::fs::File,
         upper: &Path,
@@ -274,7 +286,7 @@ impl ContainerService {
     async fn dump_frozen(
         &self,
         r: &super::ContainerRecord,
-        runtime: &crate::oci::OciRuntime,
+        runtime: &dyn crate::lowlevel::LowLevelRuntime,
         w: &Path,
         file: &std::fs::File,
         upper: &Path,
@@ -291,7 +303,7 @@ impl ContainerService {
             leave_running: true,
         };
         let left = deadline.saturating_duration_since(Instant::now());
-        if let Err(e) = runtime.checkpoint(id, &opts, left).await {
+        if let Err(e) = runtime.cli().checkpoint(id, &opts, left).await {
             let criu = metadata::criu_log_tail(&r.bundle.join(checkpoint::DUMP_LOG))
                 .map(|tail| format!("; criu log: {tail}"))
                 .unwrap_or_default();

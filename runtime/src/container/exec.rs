@@ -8,7 +8,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::Command;
 
 use super::{ContainerError, ContainerRecord, Result};
-use crate::oci::OciRuntime;
+use crate::lowlevel::LowLevelRuntime;
 
 /// Output kept per stream, as kubelet caps ExecSync output (16 MiB).
 pub const MAX_OUTPUT: usize = 16 * 1024 * 1024;
@@ -44,28 +44,15 @@ async fn read_capped(mut r: impl AsyncRead + Unpin) -> Vec<u8> {
     }
 }
 
-pub(super) fn base_command(runtime: &OciRuntime, r: &ContainerRecord) -> Command {
-    let mut cmd = Command::new(runtime.binary());
-    cmd.arg("--root")
-        .arg(runtime.root())
-        .arg("--log")
-        .arg(r.bundle.join("log.json"))
-        .arg("--log-format")
-        .arg("json");
-    if runtime.systemd_cgroup() {
-        cmd.arg("--systemd-cgroup");
-    }
-    cmd.env_remove("NOTIFY_SOCKET")
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .process_group(0);
-    crate::fsmode::with_runtime_umask_tokio(&mut cmd);
+pub(super) fn base_command(runtime: &dyn LowLevelRuntime, r: &ContainerRecord) -> Command {
+    let mut cmd = Command::from(runtime.cli().command(&r.bundle.join("log.json")));
+    cmd.kill_on_drop(true);
     cmd
 }
 
 /// Runs `cmd` in the container with its env, user and working directory.
 pub async fn exec_sync(
-    runtime: &OciRuntime,
+    runtime: &dyn LowLevelRuntime,
     r: &ContainerRecord,
     cmd: Vec<String>,
     timeout: Option<Duration>,
@@ -202,7 +189,7 @@ fn parent_of(pid: i32) -> Option<i32> {
 
 /// Applies resources with the runtime's `update --resources`.
 pub async fn update(
-    runtime: &OciRuntime,
+    runtime: &dyn LowLevelRuntime,
     r: &ContainerRecord,
     resources: &cri::LinuxContainerResources,
 ) -> Result<()> {

@@ -15,7 +15,7 @@ use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
 use super::{ContainerError, ContainerRecord, Result};
-use crate::oci::OciRuntime;
+use crate::lowlevel::LowLevelRuntime;
 
 /// Which of the process's streams the client wants, and whether it gets a pty.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -119,7 +119,7 @@ fn pidfd_open(pid: i32) -> std::io::Result<OwnedFd> {
 /// Starts `cmd` in the container with its env, user and working dir, detached from
 /// the runtime, with the streams asked for.
 pub async fn spawn(
-    runtime: &OciRuntime,
+    runtime: &dyn LowLevelRuntime,
     r: &ContainerRecord,
     cmd: Vec<String>,
     streams: ExecStreams,
@@ -140,7 +140,7 @@ pub async fn spawn(
 }
 
 async fn spawn_with(
-    runtime: &OciRuntime,
+    runtime: &dyn LowLevelRuntime,
     r: &ContainerRecord,
     streams: ExecStreams,
     process_file: &std::path::Path,

@@ -24,8 +24,8 @@ use tokio::sync::watch;
 
 use crate::keyed_lock::KeyedLocks;
 use crate::liveness;
+use crate::lowlevel::LowLevelRuntime;
 use crate::monitor::{self, MonitorSpawn};
-use crate::oci::OciRuntime;
 use crate::spec::container::{
     ContainerSpecInput, HostFeatures, PodFilePaths, SandboxNamespaces, build_container_spec,
     parse_signal,
@@ -160,7 +160,7 @@ pub struct ContainerOptions {
     /// The crust-monitor binary.
     pub monitor_binary: PathBuf,
     /// OCI runtimes by handler, the same instances the sandboxes use.
-    pub runtimes: HashMap<String, Arc<OciRuntime>>,
+    pub runtimes: HashMap<String, Arc<dyn LowLevelRuntime>>,
     /// Where checkpoints are assembled (CRIU images, the rootfs diff): on disk, as
     /// they are as big as the container's memory and changes.
     pub checkpoint_dir: PathBuf,
@@ -307,7 +307,7 @@ impl ContainerService {
         self.index.write().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn runtime(&self, handler: &str) -> Result<Arc<OciRuntime>> {
+    fn runtime(&self, handler: &str) -> Result<Arc<dyn LowLevelRuntime>> {
         self.options.runtimes.get(handler).cloned().ok_or_else(|| {
             ContainerError::Invalid(format!("runtime handler {handler:?} is not configured"))
         })
@@ -617,7 +617,7 @@ impl ContainerService {
             None => {
                 self.bring_up(
                     &mut record,
-                    &runtime,
+                    &*runtime,
                     &built,
                     &req.rootfs,
                     Path::new(&log_dir),
@@ -649,7 +649,7 @@ impl ContainerService {
     async fn bring_up(
         &self,
         record: &mut ContainerRecord,
-        runtime: &OciRuntime,
+        runtime: &dyn LowLevelRuntime,
         built: &crate::spec::container::BuiltSpec,
         rootfs: &Path,
         log_dir: &Path,
@@ -719,7 +719,7 @@ impl ContainerService {
     async fn run_monitor(
         &self,
         record: &mut ContainerRecord,
-        runtime: &OciRuntime,
+        runtime: &dyn LowLevelRuntime,
         mut spec: oci_spec::runtime::Spec,
         userns: Option<crust_util::userns::IdMappings>,
         log_dir: &Path,
@@ -747,7 +747,7 @@ impl ContainerService {
             binary: self.options.monitor_binary.clone(),
             id: id.clone(),
             bundle: record.bundle.clone(),
-            runtime_binary: runtime.binary().to_path_buf(),
+            engine: runtime.engine(),
             runtime_root: runtime.root().to_path_buf(),
             log_path: if record.log_path.as_os_str().is_empty() {
                 PathBuf::from("/dev/null")
@@ -946,7 +946,7 @@ impl ContainerService {
             });
         }
         let runtime = self.runtime(&r.runtime_handler)?;
-        exec::update(&runtime, &r, &resources).await?;
+        exec::update(&*runtime, &r, &resources).await?;
         self.update(&r.id, |u| u.resources = Some(resources))
             .await?;
         Ok(())
@@ -972,7 +972,7 @@ impl ContainerService {
             return Err(ContainerError::Invalid("cmd: empty".into()));
         }
         let runtime = self.runtime(&r.runtime_handler)?;
-        exec::exec_sync(&runtime, &r, cmd, timeout).await
+        exec::exec_sync(&*runtime, &r, cmd, timeout).await
     }
 
     /// The running container `id`, or why a request for a running one cannot reach it.
@@ -1002,7 +1002,7 @@ impl ContainerService {
             return Err(ContainerError::Invalid("cmd: empty".into()));
         }
         let runtime = self.runtime(&r.runtime_handler)?;
-        interactive::spawn(&runtime, &r, cmd, streams).await
+        interactive::spawn(&*runtime, &r, cmd, streams).await
     }
 
     /// The OCI spec the container was created with (for verbose status).

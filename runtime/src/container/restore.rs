@@ -135,7 +135,7 @@ impl ContainerService {
         let outcome = self
             .run_monitor(
                 &mut started,
-                &runtime,
+                &*runtime,
                 spec,
                 None,
                 &source.log_dir,
