@@ -406,8 +406,15 @@ async fn containers_of_a_pod_share_network_and_ipc_and_exec_sync_works() {
     let ns = |r: cri::ExecSyncResponse| String::from_utf8(r.stdout).unwrap();
     for kind in ["net", "ipc", "uts"] {
         let path = format!("/proc/self/ns/{kind}");
-        let in_a = ns(p.exec(&a, &["readlink", &path], 5).await.unwrap());
-        let in_b = ns(p.exec(&b, &["readlink", &path], 5).await.unwrap());
+        let in_a = ns(p
+            .exec(&a, &["stat", "-L", "-c", "%i", &path], 5)
+            .await
+            .unwrap());
+        let in_b = ns(p
+            .exec(&b, &["stat", "-L", "-c", "%i", &path], 5)
+            .await
+            .unwrap());
+        assert!(!in_a.trim().is_empty(), "{kind}");
         assert_eq!(in_a, in_b, "{kind}");
     }
     // Talk over localhost: a listens, b connects.

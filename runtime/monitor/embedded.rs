@@ -13,6 +13,7 @@
 
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixListener;
+use std::path::Path;
 
 use crust_proto::monitor::CreateFailure;
 use crust_runtime::monitor::PID_FILE;
@@ -28,11 +29,23 @@ use crate::sys;
 pub fn create(args: &Args) -> Result<Created, CreateFailure> {
     let pid_file = args.bundle.join(PID_FILE);
     let _ = std::fs::remove_file(&pid_file);
+    let log = args.bundle.join(crust_runtime::oci::LOG_FILE);
+    let log_start = log_to(&log);
     let fail = |message: String| {
         sys::kill_and_reap_children();
+        // libcontainer's own words for what failed (its init process logs the cause,
+        // and only a summary reaches the error).
+        let logged = logged_errors(&log, log_start);
+        let message = if logged.is_empty() || message.contains(&logged) {
+            message
+        } else {
+            format!("{message} ({logged})")
+        };
         failure(format!("embedded create {}: {message}", args.id))
     };
 
+    plain_rootfs_propagation(&args.bundle)
+        .map_err(|message| failure(format!("embedded create {}: {message}", args.id)))?;
     let console = if args.tty {
         let dir = tempfile::Builder::new()
             .prefix("crust-monitor-")
@@ -118,6 +131,26 @@ pub fn create(args: &Args) -> Result<Created, CreateFailure> {
     })
 }
 
+/// Rewrites runc's recursive rootfs propagation names (`rslave`, `rshared`,
+/// `rprivate`) in the bundle's spec to the plain ones libcontainer knows: it applies
+/// every rootfs propagation recursively.
+fn plain_rootfs_propagation(bundle: &Path) -> Result<(), String> {
+    let path = bundle.join("config.json");
+    let mut spec =
+        oci_spec::runtime::Spec::load(&path).map_err(|err| format!("read spec: {err}"))?;
+    let Some(linux) = spec.linux_mut() else {
+        return Ok(());
+    };
+    let plain = match linux.rootfs_propagation().as_deref() {
+        Some(recursive @ ("rslave" | "rshared" | "rprivate" | "runbindable")) => {
+            recursive[1..].to_owned()
+        }
+        _ => return Ok(()),
+    };
+    linux.set_rootfs_propagation(Some(plain));
+    spec.save(&path).map_err(|err| format!("write spec: {err}"))
+}
+
 /// Deletes what libcontainer keeps of the container, killing what runs in it.
 pub fn remove_state(args: &Args) {
     let dir = args.runtime_root.join(&args.id);
@@ -125,6 +158,65 @@ pub fn remove_state(args: &Args) {
         let _ = container.delete(true);
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Sends libcontainer's warnings and errors, in this process and the ones it forks,
+/// to `log` as JSON lines (youki's log format); where the log ended before.
+fn log_to(log: &Path) -> u64 {
+    let start = std::fs::metadata(log).map_or(0, |m| m.len());
+    let Ok(file) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+    else {
+        return start;
+    };
+    let _ = tracing_subscriber::fmt()
+        .json()
+        .with_max_level(tracing::Level::WARN)
+        .with_writer(std::sync::Arc::new(file))
+        .try_init();
+    start
+}
+
+/// The distinct error messages logged after `start`, oldest first, joined.
+fn logged_errors(log: &Path, start: u64) -> String {
+    let Ok(bytes) = std::fs::read(log) else {
+        return String::new();
+    };
+    let new = bytes.get(start as usize..).unwrap_or_default();
+    let mut messages: Vec<String> = Vec::new();
+    for line in new.split(|&b| b == b'\n') {
+        if let Some(message) = error_line(line)
+            && !messages.contains(&message)
+        {
+            messages.push(message);
+        }
+    }
+    let joined = messages.join("; ");
+    // Bounded: this goes into a gRPC status.
+    match joined.char_indices().nth(2048) {
+        Some((at, _)) => joined[..at].to_owned(),
+        None => joined,
+    }
+}
+
+/// An ERROR line's message with the fields libcontainer logs beside it (the
+/// underlying error is often one: `error!(?err, "failed to mount")`).
+fn error_line(line: &[u8]) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_slice(line).ok()?;
+    if !value.get("level")?.as_str()?.eq_ignore_ascii_case("error") {
+        return None;
+    }
+    let fields = value.get("fields")?.as_object()?;
+    let mut text = fields.get("message")?.as_str()?.to_owned();
+    for (name, field) in fields.iter().filter(|(name, _)| *name != "message") {
+        let field = field
+            .as_str()
+            .map_or_else(|| field.to_string(), str::to_owned);
+        text.push_str(&format!(" {name}={field}"));
+    }
+    Some(text)
 }
 
 fn dev_null() -> Result<OwnedFd, CreateFailure> {

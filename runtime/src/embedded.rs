@@ -257,14 +257,21 @@ impl LowLevelRuntime for Embedded {
 
     fn delete<'a>(&'a self, id: &'a str, force: bool) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
-            match self
+            let deleted = match self
                 .on_container("delete", id, move |c| c.delete(force))
                 .await
             {
                 Ok(_) => Ok(()),
                 Err(err) if err.kind() == ErrorKind::NotFound => Ok(()),
                 Err(err) => Err(err),
+            };
+            // A create cut short leaves a state directory without (or with a
+            // half-written) state.json, which libcontainer cannot load to delete.
+            if deleted.is_ok() || force {
+                let dir = self.cli.root().join(id);
+                let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
             }
+            deleted
         })
     }
 
