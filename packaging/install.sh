@@ -19,7 +19,7 @@ BINDIR=$PREFIX/bin
 PROFILE=${CRUST_PROFILE:-release}
 SMOKE_IMAGE=${CRUST_SMOKE_IMAGE:-docker.io/library/busybox:1.36}
 
-ensure_packages build-essential pkg-config protobuf-compiler ca-certificates \
+ensure_packages build-essential pkg-config protobuf-compiler libseccomp-dev ca-certificates \
   runc containernetworking-plugins iptables
 ensure_cargo
 

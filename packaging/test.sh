@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 
 packages=(
   build-essential pkg-config protobuf-compiler   # building crust (k8s-cri needs protoc)
+  libseccomp-dev                                 # the embedded handler (libcontainer links libseccomp)
   runc crun                                      # OCI runtimes
   criu                                           # CheckpointContainer (runc checkpoint)
   containernetworking-plugins iptables iproute2  # CNI plugins and what they call
