@@ -20,6 +20,11 @@
 #   LIST_CONTAINERS=5     ... with this many containers each
 #   LIST_ITERATIONS=200   timed calls per List variant
 #   SETUP_CONCURRENCY=4   pods started/removed at once while setting up List
+#   LIST_SCALE=500,5000,20000  container counts of the List scale scenario (exited
+#                         containers; "" skips it); 20,000 takes each runtime tens of
+#                         minutes to create and remove on 2 cores
+#   LIST_SCALE_PER_POD=100     ... containers per pod there
+#   LIST_SCALE_ITERATIONS=50   ... timed calls per List variant and size
 #   RUNTIMES="crust containerd"   which runtimes to measure
 #   CRUST_LOG_LEVEL=info  crustd's log level (debug logs every RPC with its duration)
 #   PERF=0                1: record crustd with `perf record -g` during its suite
@@ -42,12 +47,13 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 if [[ ${QUICK:-0} == 1 ]]; then
     : "${SEQUENTIAL:=5}" "${CONCURRENT:=8}" "${PULL_RUNS:=1}" "${PULL_LAYERS:=3}"
     : "${PULL_LAYER_MIB:=4}" "${LIST_PODS:=10}" "${LIST_CONTAINERS:=2}"
-    : "${LIST_ITERATIONS:=50}"
+    : "${LIST_ITERATIONS:=50}" "${LIST_SCALE:=200,1000}"
 fi
 : "${SEQUENTIAL:=30}" "${CONCURRENT:=40}" "${CONCURRENCY:=4}"
 : "${PULL_RUNS:=3}" "${PULL_LAYERS:=5}" "${PULL_LAYER_MIB:=16}"
 : "${LIST_PODS:=100}" "${LIST_CONTAINERS:=5}" "${LIST_ITERATIONS:=200}"
 : "${SETUP_CONCURRENCY:=4}"
+: "${LIST_SCALE=500,5000,20000}" "${LIST_SCALE_PER_POD:=100}" "${LIST_SCALE_ITERATIONS:=50}"
 : "${RUNTIMES:=crust containerd}"
 : "${CRUST_LOG_LEVEL:=info}"
 : "${PERF:=0}"
@@ -285,6 +291,13 @@ SUITE_ARGS=(
     --cgroup-parent "$CGROUP_PARENT" --log-dir "$WORK/logs"
 )
 
+SCALE_ARGS=(
+    --image "$REG/bench/busybox:1" --sizes "$LIST_SCALE"
+    --containers-per-pod "$LIST_SCALE_PER_POD" --list-iterations "$LIST_SCALE_ITERATIONS"
+    --setup-concurrency "$SETUP_CONCURRENCY"
+    --cgroup-parent "$CGROUP_PARENT" --log-dir "$WORK/logs"
+)
+
 # A suite failed: keep the daemon's log and stop.
 failed() { # name log
     mkdir -p "$ARTIFACTS"
@@ -347,6 +360,11 @@ EOF
         --json "$RESULTS/crust.json" --daemon-pid "$CRUSTD_PID" \
         --helper crust-monitor --helper-match "$STATE/c/" "${SUITE_ARGS[@]}" ||
         failed crust "$WORK/crust/crustd.log"
+    if [[ -n $LIST_SCALE ]]; then
+        "$BENCH" list-scale --endpoint "$STATE/c/crust.sock" --name crust \
+            --json "$RESULTS/crust-scale.json" --daemon-pid "$CRUSTD_PID" "${SCALE_ARGS[@]}" ||
+            failed crust "$WORK/crust/crustd.log"
+    fi
     if [[ -n $PERF_PID ]]; then
         kill -INT "$PERF_PID"; wait "$PERF_PID" 2>/dev/null || true; PERF_PID=""
     fi
@@ -462,6 +480,11 @@ EOF
         --json "$RESULTS/containerd.json" --daemon-pid "$CONTAINERD_PID" \
         --helper containerd-shim --helper-match "$state/containerd.sock" "${SUITE_ARGS[@]}" ||
         failed containerd "$root/containerd.log"
+    if [[ -n $LIST_SCALE ]]; then
+        "$BENCH" list-scale --endpoint "$state/containerd.sock" --name containerd \
+            --json "$RESULTS/containerd-scale.json" --daemon-pid "$CONTAINERD_PID" \
+            "${SCALE_ARGS[@]}" || failed containerd "$root/containerd.log"
+    fi
     stop_pid "$CONTAINERD_PID"; CONTAINERD_PID=""
     unmount_under "$state"
     unmount_under "$root"
@@ -483,4 +506,16 @@ if [[ -f $RESULTS/crust.json && -f $RESULTS/containerd.json ]]; then
     [[ -f $RESULTS/conmon.json ]] && conmon_arg=(--conmon "$RESULTS/conmon.json")
     "$BENCH" chart "$RESULTS/crust.json" "$RESULTS/containerd.json" "${conmon_arg[@]}" \
         --out "$RESULTS/chart.svg" | tee "$RESULTS/summary.md"
+fi
+# The List scale points side by side: p99 of each variant per size, and answer sizes.
+if [[ -f $RESULTS/crust-scale.json ]]; then
+    log "List latency by container count (p99 ms; exited containers)"
+    for f in "$RESULTS"/crust-scale.json "$RESULTS"/containerd-scale.json; do
+        [[ -f $f ]] || continue
+        jq -r --arg n "$(basename "$f" -scale.json)" '.list_scale.points[] |
+            "\($n) \(.containers) containers: " +
+            ([.calls | to_entries[] | "\(.key) \(.value.p99_ms * 100 | round / 100)"] | join(", ")) +
+            "; relist answer \(.response_bytes.ListContainers) bytes" +
+            (if (.errors | length) > 0 then "; errors: \(.errors)" else "" end)' "$f"
+    done | tee "$RESULTS/scale.md"
 fi

@@ -439,6 +439,19 @@ fn gauges(
             return Vec::new();
         };
         let mut out = Vec::new();
+        // Gauges of monotonic counts (the gauge source has no counter type); the
+        // pod-start path pays at most one durable commit per CRI call.
+        for (durability, value) in [
+            ("durable", crust_util::store::durable_commits()),
+            ("deferred", crust_util::store::deferred_commits()),
+        ] {
+            out.push(metrics::Gauge {
+                name: "crust_store_commits",
+                help: "Metadata store commits since start-up: durable ones (an fsync each) and deferred ones (made durable by the next durable one).",
+                labels: vec![("durability", durability.to_string())],
+                value: value as f64,
+            });
+        }
         let sandboxes = s.sandboxes.list();
         for (state, ready) in [("ready", true), ("notready", false)] {
             out.push(metrics::Gauge {

@@ -50,7 +50,12 @@ pub async fn sweep(services: &Services) -> anyhow::Result<()> {
     // extracted for restores (`.import-*` ones were never recorded).
     let state = &services.config.state;
     let restores = services.containers.restore_root();
-    for dir in [state.join("bundles"), state.join("containers"), restores] {
+    for dir in [
+        state.join("bundles"),
+        state.join("containers"),
+        state.join("pause-rootfs"),
+        restores,
+    ] {
         let doomed: Vec<PathBuf> = entries(&dir)
             .await
             .into_iter()
@@ -64,12 +69,29 @@ pub async fn sweep(services: &Services) -> anyhow::Result<()> {
         tokio::task::spawn_blocking(move || {
             for path in doomed {
                 crust_runtime::staging::unstage(&path);
+                // A rootfs mounted by a create whose pin never became durable.
+                let mut points = crust_runtime::mountinfo::mount_points_below(&path);
+                if crust_runtime::mountinfo::is_mount_point(&path) {
+                    points.push(path.clone());
+                }
+                for point in points {
+                    if let Err(e) =
+                        rustix::mount::unmount(&point, rustix::mount::UnmountFlags::DETACH)
+                    {
+                        tracing::warn!(path = %point.display(), error = %e, "detach an orphaned mount");
+                    }
+                }
                 if let Err(e) = std::fs::remove_dir_all(&path) {
                     tracing::warn!(path = %path.display(), error = %e, "remove orphaned state");
                 }
             }
         })
         .await?;
+    }
+    // Writable layers of those rootfs, now that nothing shows them.
+    let removed = services.images.remove_unpinned().await;
+    if removed > 0 {
+        tracing::info!(count = removed, "removed writable layers that no pin names");
     }
     Ok(())
 }

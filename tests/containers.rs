@@ -495,6 +495,36 @@ async fn an_oom_kill_is_reported() {
     assert_eq!(st.exit_code, 137);
 }
 
+/// The pod-start path pays at most one durable commit (an fsync of the store) per CRI
+/// call: RunPodSandbox and CreateContainer commit their record before the first side
+/// effect, and what they learn later (pids, the pod IP, the start time) is volatile.
+#[tokio::test(flavor = "multi_thread")]
+async fn pod_start_pays_one_durable_commit_per_call() {
+    let port = metrics::free_port();
+    let mut p = TestPod::set_up_configured(
+        oci::busybox_image(),
+        &metrics::config(port),
+        "",
+        &[r#"{"type":"loopback"}"#],
+    )
+    .await;
+    let durable = || metrics::samples(&metrics::scrape(port, "*/*").1)[r#"crust_store_commits{durability="durable"}"#];
+    let before = durable();
+    let (other, _) = p.run_other_pod("commits").await;
+    let after_run = durable();
+    let id = p
+        .create(p.config("sleeper", &sh("sleep 300")))
+        .await
+        .unwrap();
+    let after_create = durable();
+    p.start(&id).await;
+    let after_start = durable();
+    assert_eq!(after_run - before, 1.0, "RunPodSandbox");
+    assert_eq!(after_create - after_run, 1.0, "CreateContainer");
+    assert_eq!(after_start - after_create, 0.0, "StartContainer");
+    p.stop_and_remove_pod(&other).await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_count_starts_oom_kills_and_monitors() {
     let port = metrics::free_port();

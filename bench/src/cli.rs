@@ -33,6 +33,9 @@ pub enum Command {
     Pull(PullCommand),
     /// ListContainers / ListPodSandbox latency with many pods and containers running.
     List(ListCommand),
+    /// List latency as the container count grows (500, 5,000, 20,000 by default):
+    /// exited containers in pods of many, as a node keeps them until collected.
+    ListScale(ListScaleCommand),
     /// A snapshot of the daemon's and the helper processes' memory (no CRI calls).
     Memory(MemoryCommand),
     /// Draws an SVG bar chart comparing two result files.
@@ -236,6 +239,42 @@ pub struct ListCommand {
     pub workload: Workload,
     #[command(flatten)]
     pub list: ListArgs,
+}
+
+/// How big to grow, how often to list.
+#[derive(Args, Debug, Clone)]
+pub struct ListScaleArgs {
+    /// Container counts to measure at, comma-separated (each rounded up to whole pods).
+    #[arg(long, value_delimiter = ',', default_value = "500,5000,20000")]
+    pub sizes: Vec<usize>,
+    /// Containers in each pod.
+    #[arg(long, default_value_t = 100)]
+    pub containers_per_pod: usize,
+    /// Timed calls of each List variant at each size.
+    #[arg(long, default_value_t = 50)]
+    pub list_iterations: usize,
+    /// Pods created (and removed) at once.
+    #[arg(long, default_value_t = 4)]
+    pub setup_concurrency: usize,
+    /// What each container runs (`/bin/sh -c COMMAND`): by default it exits at once,
+    /// leaving an exited container and no process.
+    #[arg(long = "scale-command", default_value = "exit 0")]
+    pub command: String,
+}
+
+/// `list-scale`.
+#[derive(Args, Debug, Clone)]
+pub struct ListScaleCommand {
+    #[command(flatten)]
+    pub connection: Connection,
+    #[command(flatten)]
+    pub output: Output,
+    #[command(flatten)]
+    pub processes: Processes,
+    #[command(flatten)]
+    pub workload: Workload,
+    #[command(flatten)]
+    pub scale: ListScaleArgs,
 }
 
 /// `memory`.

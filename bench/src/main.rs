@@ -31,7 +31,7 @@ use cli::{Cli, Command, Connection, Output, Workload};
 use resources::Watched;
 use results::{Host, Results};
 use run::Run;
-use scenario::{lifecycle, list, pull, suite};
+use scenario::{lifecycle, list, list_scale, pull, suite};
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -100,6 +100,20 @@ async fn cri_command(command: Command) -> anyhow::Result<()> {
                 let result = list::run(&run, &watched, &args.workload, &image, &args.list).await?;
                 results::print_list(&result);
                 results.list = Some(result);
+                Ok(())
+            })
+            .await;
+            end(&run, &results, &args.output, workload, outcome).await
+        }
+        Command::ListScale(args) => {
+            let watched = Watched::from_args(&args.processes)?;
+            let workload = Some(&args.workload);
+            let (run, mut results) = begin(&args.connection, &args.output, workload).await?;
+            let outcome = interruptible(async {
+                let image = run.ensure_image(&args.workload.image).await?;
+                let result =
+                    list_scale::run(&run, &watched, &args.workload, &image, &args.scale).await?;
+                results.list_scale = Some(result);
                 Ok(())
             })
             .await;

@@ -41,6 +41,9 @@ pub struct Results {
     /// List latency with many pods.
     #[serde(default)]
     pub list: Option<ListResult>,
+    /// List latency as the container count grows.
+    #[serde(default)]
+    pub list_scale: Option<ListScaleResult>,
     /// Helper processes measured on their own (`memory`).
     #[serde(default)]
     pub helpers: Option<Helpers>,
@@ -145,6 +148,55 @@ pub struct ListResult {
     pub helpers_rss_anon_kb_per_pod: Option<f64>,
     /// Helpers' summed Pss per pod, kB.
     pub helpers_pss_kb_per_pod: Option<f64>,
+}
+
+/// List latency at growing container counts.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ListScaleResult {
+    /// Containers in each pod.
+    pub containers_per_pod: usize,
+    /// One point per size, smallest first.
+    pub points: Vec<ListScalePoint>,
+    /// Seconds to remove everything at the end.
+    pub teardown_s: f64,
+}
+
+/// List latency at one container count.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ListScalePoint {
+    /// Containers present (all exited).
+    pub containers: usize,
+    /// Pods present.
+    pub pods: usize,
+    /// Seconds it took to grow to this size from the previous one.
+    pub setup_s: f64,
+    /// Per call variant, as the client sees it.
+    pub calls: BTreeMap<String, Summary>,
+    /// Encoded size of each variant's answer, bytes.
+    pub response_bytes: BTreeMap<String, usize>,
+    /// Variants the client could not receive (over its 16 MiB limit), with the error.
+    #[serde(default)]
+    pub errors: BTreeMap<String, String>,
+    /// The daemon at this size.
+    pub daemon: Option<Memory>,
+}
+
+/// Prints one size's List latencies.
+pub fn print_list_scale_point(p: &ListScalePoint) {
+    let title = format!(
+        "list latency with {} exited containers in {} pods (grown in {:.1} s)",
+        p.containers, p.pods, p.setup_s
+    );
+    print_table(&title, p.calls.iter().map(|(k, v)| (k.as_str(), v)));
+    for (call, bytes) in &p.response_bytes {
+        println!("  {call}: {bytes} bytes");
+    }
+    for (call, error) in &p.errors {
+        println!("  {call}: {error}");
+    }
+    if let Some(m) = &p.daemon {
+        print_memory("  daemon", m);
+    }
 }
 
 impl Results {

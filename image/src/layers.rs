@@ -239,6 +239,7 @@ impl LayerStore {
         txn.open_table(LAYERS)?
             .insert(diff_id, encoded.as_slice())?;
         txn.commit()?;
+        crust_util::store::count_commit(true);
         lock(&self.layers).insert(diff_id.to_string(), info);
         Ok(())
     }
@@ -285,6 +286,7 @@ impl LayerStore {
             }
         }
         txn.commit()?;
+        crust_util::store::count_commit(true);
         let mut layers = lock(&self.layers);
         for id in ids {
             layers.remove(id);

@@ -494,6 +494,40 @@ impl ImageService {
         Ok(())
     }
 
+    /// Removes the writable layers that no pin names: a create that died after
+    /// pinning without a durable commit (see `rootfs::put`) and after mounting. Call it
+    /// once the mounts of rootfs without an owner are detached. Returns how many.
+    pub async fn remove_unpinned(&self) -> usize {
+        let pinned: HashSet<PathBuf> = self
+            .pins
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .map(|p| p.rw_dir.clone())
+            .collect();
+        let dir = self.containers_dir.clone();
+        tokio::task::spawn_blocking(move || {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                return 0;
+            };
+            let mut removed = 0;
+            for path in entries.flatten().map(|e| e.path()) {
+                if pinned.contains(&path) {
+                    continue;
+                }
+                match std::fs::remove_dir_all(&path) {
+                    Ok(()) => removed += 1,
+                    Err(e) => {
+                        tracing::warn!(path = %path.display(), error = %e, "remove an unpinned writable layer")
+                    }
+                }
+            }
+            removed
+        })
+        .await
+        .unwrap_or(0)
+    }
+
     /// Ids of containers holding a rootfs.
     pub fn rootfs_owners(&self) -> Vec<String> {
         self.pins

@@ -9,7 +9,7 @@ use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use rustix::mount::{MountFlags, UnmountFlags};
 use serde::{Deserialize, Serialize};
 
@@ -54,11 +54,18 @@ pub(crate) fn load(db: &Database) -> Result<HashMap<String, Pin>> {
     Ok(out)
 }
 
+/// Writes a pin without a durable commit: the record of the container (or pod) that
+/// owns the rootfs is committed durably after it, which makes the pin durable too. A
+/// crash before that leaves a mount and a writable layer that no pin names, and the
+/// start-up sweep removes them (see [`crate::ImageService::remove_unpinned`]).
 pub(crate) fn put(db: &Database, id: &str, pin: &Pin) -> Result<()> {
     let bytes = serde_json::to_vec(pin).map_err(|e| ImageError::Store(e.to_string()))?;
-    let txn = db.begin_write()?;
+    let mut txn = db.begin_write()?;
+    txn.set_durability(Durability::None)
+        .map_err(|e| ImageError::Store(format!("durability: {e}")))?;
     txn.open_table(PINS)?.insert(id, bytes.as_slice())?;
     txn.commit()?;
+    crust_util::store::count_commit(false);
     Ok(())
 }
 
@@ -66,6 +73,7 @@ pub(crate) fn delete(db: &Database, id: &str) -> Result<()> {
     let txn = db.begin_write()?;
     txn.open_table(PINS)?.remove(id)?;
     txn.commit()?;
+    crust_util::store::count_commit(true);
     Ok(())
 }
 

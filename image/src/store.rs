@@ -150,6 +150,7 @@ pub(crate) fn write(db: &Database, put: &[&ImageRecord], delete: &[&str]) -> Res
         }
     }
     txn.commit()?;
+    crust_util::store::count_commit(true);
     Ok(())
 }
 

@@ -239,8 +239,17 @@ impl SandboxService {
         {
             tracing::info!(count = n, "removed interrupted CNI cache writes");
         }
+        // Records whose ready state was only in their bundle: stored durably at the
+        // end, in one commit.
+        let mut merged = Vec::new();
         for mut record in record::load_all(&self.db)? {
             let meta = record.metadata();
+            // The ready state is committed durably only by the next durable commit
+            // after RunPodSandbox; a crash before it leaves it in the bundle.
+            let bundle = self.bundle(&record.id);
+            if record::merge_volatile(&mut record, &bundle) {
+                merged.push(record.id.clone());
+            }
             if record.ready_at.is_none() {
                 tracing::info!(sandbox = %record.id, "undoing a sandbox whose creation was interrupted");
                 let errors = self.release(&record, true).await;
@@ -278,6 +287,18 @@ impl SandboxService {
             let mut index = self.index_mut();
             index.names.insert(name_key(&meta), record.id.clone());
             index.by_id.insert(record.id.clone(), Arc::new(record));
+        }
+        let merged: Vec<SandboxRecord> = merged
+            .iter()
+            .filter_map(|id| self.get(id))
+            .map(|r| (*r).clone())
+            .collect();
+        if !merged.is_empty() {
+            tracing::info!(
+                count = merged.len(),
+                "stored the ready state a crash kept from the store"
+            );
+            record::put_all(&self.db, &merged).await?;
         }
         Ok(())
     }
@@ -602,7 +623,9 @@ impl SandboxService {
             0
         };
         record.ready_at = Some(now_nanos());
-        record::put(&self.db, record).await?;
+        // The record was committed durably before the first side effect; what the
+        // pod learnt since is volatile (see crust_util::store).
+        record::put_deferred(&self.db, record, &self.bundle(&id)).await?;
         Ok(())
     }
 

@@ -1,8 +1,11 @@
 //! Sandbox records: the persistent table and what each record holds.
 //!
-//! A record is written before the first side effect of RunPodSandbox (with
-//! `ready_at == None`) and again when the sandbox is up, so that a crash in between
-//! leaves a record that recovery recognizes as half-made and undoes.
+//! A record is written durably before the first side effect of RunPodSandbox (with
+//! `ready_at == None`), the call's one durable commit, and again when the sandbox is
+//! up, without durability and with the facts learnt meanwhile (ready time, IPs, CNI
+//! result, pause pid) in the bundle's volatile file ([`crust_util::store`]). A crash
+//! before the next durable commit leaves the file, from which recovery takes the ready
+//! state; a record with neither is half-made, and recovery undoes it.
 //!
 //! ```text
 //!   run ──> [creating] ──(pause started)──> [ready] ──(stop / pause died)──> [notready]
@@ -14,7 +17,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crust_proto::cri;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, SandboxError};
@@ -129,29 +132,121 @@ pub fn load_all(db: &Database) -> Result<Vec<SandboxRecord>> {
     Ok(out)
 }
 
-/// Writes a record. The durable commit (an fsync) runs on a blocking thread, not on
-/// the async worker that asked for it.
+/// What RunPodSandbox learns after its durable commit, kept in the sandbox's bundle
+/// directory too (see [`crust_util::store`]): the pod is up, its IPs, its pause.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Volatile {
+    /// When the pod was up.
+    pub ready_at: Option<i64>,
+    /// The pod IP.
+    pub ip: String,
+    /// Further pod IPs.
+    pub additional_ips: Vec<String>,
+    /// The CNI result of ADD.
+    pub cni_result: Option<serde_json::Value>,
+    /// The pause process's pid.
+    pub pid: i32,
+    /// Its start time.
+    pub pid_start: u64,
+}
+
+/// Fills in from `dir`'s volatile file what the store lacks (a crash came before the
+/// next durable commit); true when it changed the record.
+pub fn merge_volatile(record: &mut SandboxRecord, dir: &std::path::Path) -> bool {
+    if record.ready_at.is_some() {
+        return false;
+    }
+    let Some(v) = crust_util::store::read_volatile(dir)
+        .and_then(|b| serde_json::from_slice::<Volatile>(&b).ok())
+        .filter(|v| v.ready_at.is_some())
+    else {
+        return false;
+    };
+    record.ready_at = v.ready_at;
+    record.ip = v.ip;
+    record.additional_ips = v.additional_ips;
+    record.cni_result = v.cni_result;
+    record.pid = v.pid;
+    record.pid_start = v.pid_start;
+    true
+}
+
+/// Writes a record with a durable commit (an fsync), on a blocking thread, not on the
+/// async worker that asked for it.
 pub async fn put(db: &Arc<Database>, record: &SandboxRecord) -> Result<()> {
-    let bytes = serde_json::to_vec(record)
+    let rows = vec![encode(record)?];
+    let db = Arc::clone(db);
+    blocking(move || commit(&db, rows, Durability::Immediate)).await
+}
+
+/// Writes a record without a durable commit, and its volatile facts to `dir` first:
+/// a crash before the next durable commit loses the commit but not the file.
+pub async fn put_deferred(
+    db: &Arc<Database>,
+    record: &SandboxRecord,
+    dir: &std::path::Path,
+) -> Result<()> {
+    let volatile = Volatile {
+        ready_at: record.ready_at,
+        ip: record.ip.clone(),
+        additional_ips: record.additional_ips.clone(),
+        cni_result: record.cni_result.clone(),
+        pid: record.pid,
+        pid_start: record.pid_start,
+    };
+    let volatile = serde_json::to_vec(&volatile)
         .map_err(|e| SandboxError::Store(format!("encode {}: {e}", record.id)))?;
-    let (db, id) = (Arc::clone(db), record.id.clone());
+    let (rows, db, dir) = (vec![encode(record)?], Arc::clone(db), dir.to_path_buf());
     blocking(move || {
-        let txn = db.begin_write()?;
-        txn.open_table(SANDBOXES)?
-            .insert(id.as_str(), bytes.as_slice())?;
-        txn.commit()?;
-        Ok(())
+        std::fs::create_dir_all(&dir)
+            .and_then(|()| crust_util::store::write_volatile(&dir, &volatile))
+            .map_err(|e| {
+                SandboxError::Store(format!("volatile state in {}: {e}", dir.display()))
+            })?;
+        commit(&db, rows, Durability::None)
     })
     .await
 }
 
-/// Deletes a record, committing on a blocking thread.
+/// Writes records in one durable commit.
+pub async fn put_all(db: &Arc<Database>, records: &[SandboxRecord]) -> Result<()> {
+    let rows = records.iter().map(encode).collect::<Result<Vec<_>>>()?;
+    let db = Arc::clone(db);
+    blocking(move || commit(&db, rows, Durability::Immediate)).await
+}
+
+fn encode(record: &SandboxRecord) -> Result<(String, Vec<u8>)> {
+    let bytes = serde_json::to_vec(record)
+        .map_err(|e| SandboxError::Store(format!("encode {}: {e}", record.id)))?;
+    Ok((record.id.clone(), bytes))
+}
+
+fn commit(db: &Database, rows: Vec<(String, Vec<u8>)>, durability: Durability) -> Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut txn = db.begin_write()?;
+    txn.set_durability(durability)
+        .map_err(|e| SandboxError::Store(format!("durability: {e}")))?;
+    {
+        let mut table = txn.open_table(SANDBOXES)?;
+        for (id, bytes) in &rows {
+            table.insert(id.as_str(), bytes.as_slice())?;
+        }
+    }
+    txn.commit()?;
+    crust_util::store::count_commit(matches!(durability, Durability::Immediate));
+    Ok(())
+}
+
+/// Deletes a record, committing durably on a blocking thread.
 pub async fn delete(db: &Arc<Database>, id: &str) -> Result<()> {
     let (db, id) = (Arc::clone(db), id.to_owned());
     blocking(move || {
         let txn = db.begin_write()?;
         txn.open_table(SANDBOXES)?.remove(id.as_str())?;
         txn.commit()?;
+        crust_util::store::count_commit(true);
         Ok(())
     })
     .await

@@ -227,7 +227,7 @@ impl Cri {
     }
 }
 
-fn container_matches(
+pub(super) fn container_matches(
     r: &crust_runtime::container::ContainerRecord,
     f: &cri::ContainerFilter,
 ) -> bool {

@@ -10,6 +10,7 @@ pub mod events;
 mod image_pull;
 mod image_query;
 pub mod instrument;
+pub mod list;
 mod pod_metrics;
 mod runtime_info;
 mod sandbox;
@@ -51,6 +52,8 @@ pub struct Services {
 pub struct Cri {
     services: Arc<OnceLock<Arc<Services>>>,
     metrics: Arc<crate::metrics::Metrics>,
+    /// The prebuilt List items (see [`list`]).
+    lists: Arc<list::ListCache>,
 }
 
 impl Cri {
@@ -59,6 +62,7 @@ impl Cri {
         Cri {
             services: Arc::new(OnceLock::new()),
             metrics,
+            lists: Arc::default(),
         }
     }
 
@@ -322,18 +326,15 @@ impl cri::image_service_server::ImageService for Cri {
 pub fn services(
     cri: Cri,
 ) -> (
-    cri::runtime_service_server::RuntimeServiceServer<Cri>,
+    list::RuntimeRouter,
     cri::image_service_server::ImageServiceServer<Cri>,
 ) {
     // CRI messages (ListContainers with hundreds of containers, verbose statuses) can
     // exceed tonic's 4 MiB default; containerd allows 16 MiB.
-    const MAX: usize = 16 * 1024 * 1024;
     (
-        cri::runtime_service_server::RuntimeServiceServer::new(cri.clone())
-            .max_decoding_message_size(MAX)
-            .max_encoding_message_size(MAX),
+        list::RuntimeRouter::new(cri.clone()),
         cri::image_service_server::ImageServiceServer::new(cri)
-            .max_decoding_message_size(MAX)
-            .max_encoding_message_size(MAX),
+            .max_decoding_message_size(list::MAX_MESSAGE)
+            .max_encoding_message_size(list::MAX_MESSAGE),
     )
 }

@@ -137,7 +137,7 @@ impl Cri {
 
 /// Whether a sandbox passes a filter, judged on the record so that only the sandboxes
 /// listed are converted.
-fn sandbox_matches(r: &crust_sandbox::SandboxRecord, f: &cri::PodSandboxFilter) -> bool {
+pub(super) fn sandbox_matches(r: &crust_sandbox::SandboxRecord, f: &cri::PodSandboxFilter) -> bool {
     (f.id.is_empty() || r.id.starts_with(&f.id))
         && f.state
             .as_ref()

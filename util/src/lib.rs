@@ -7,5 +7,6 @@ pub mod mount_tree;
 pub mod mountinfo;
 pub mod process;
 pub mod resolve;
+pub mod store;
 pub mod time;
 pub mod userns;

@@ -2,5 +2,6 @@
 
 pub mod lifecycle;
 pub mod list;
+pub mod list_scale;
 pub mod pull;
 pub mod suite;

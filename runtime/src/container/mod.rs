@@ -324,9 +324,17 @@ impl ContainerService {
     }
 
     async fn recover(self: &Arc<Self>) -> Result<()> {
+        // Records whose volatile facts are only in their bundle: stored durably at the
+        // end, in one commit.
+        let mut merged = Vec::new();
         for mut r in record::load_all(&self.db)? {
             // A crash between staging and `create` returning leaves the staged trees.
             unstage_mounts(&r.bundle).await;
+            // Pids and the start time are committed durably only by the next durable
+            // commit after them; a crash before it leaves them in the bundle.
+            if record::merge_volatile(&mut r) {
+                merged.push(r.id.clone());
+            }
             if r.pid == 0 && r.restore.is_none() {
                 tracing::info!(container = %r.id, "undoing a container whose creation was interrupted");
                 self.release(&r).await;
@@ -346,6 +354,18 @@ impl ContainerService {
             let mut index = self.write();
             index.names.insert(key, r.id.clone());
             index.insert(Arc::new(r));
+        }
+        let merged: Vec<ContainerRecord> = merged
+            .iter()
+            .filter_map(|id| self.get(id))
+            .map(|r| (*r).clone())
+            .collect();
+        if !merged.is_empty() {
+            tracing::info!(
+                count = merged.len(),
+                "stored the pids and start times a crash kept from the store"
+            );
+            record::put_all(&self.db, &merged).await?;
         }
         Ok(())
     }
@@ -402,11 +422,30 @@ impl ContainerService {
         });
     }
 
-    /// Applies `change` to the current record, persists it, then publishes it, under
-    /// the container's lock: a removed record is never written back.
+    /// Applies `change` to the current record, persists it durably, then publishes it,
+    /// under the container's lock: a removed record is never written back.
     async fn update(
         &self,
         id: &str,
+        change: impl FnOnce(&mut ContainerRecord),
+    ) -> Result<Option<Arc<ContainerRecord>>> {
+        self.update_with(id, true, change).await
+    }
+
+    /// [`Self::update`] for a change of volatile facts only (see
+    /// [`record::put_deferred`]): no durable commit.
+    async fn update_deferred(
+        &self,
+        id: &str,
+        change: impl FnOnce(&mut ContainerRecord),
+    ) -> Result<Option<Arc<ContainerRecord>>> {
+        self.update_with(id, false, change).await
+    }
+
+    async fn update_with(
+        &self,
+        id: &str,
+        durable: bool,
         change: impl FnOnce(&mut ContainerRecord),
     ) -> Result<Option<Arc<ContainerRecord>>> {
         let _guard = self.locks.lock(id).await;
@@ -415,7 +454,11 @@ impl ContainerService {
         };
         let mut r = (*current).clone();
         change(&mut r);
-        record::put(&self.db, &r).await?;
+        if durable {
+            record::put(&self.db, &r).await?;
+        } else {
+            record::put_deferred(&self.db, &r).await?;
+        }
         Ok(Some(self.publish(r)))
     }
 
@@ -463,6 +506,11 @@ impl ContainerService {
     /// Every container.
     pub fn list(&self) -> Vec<Arc<ContainerRecord>> {
         self.read().by_id.values().cloned().collect()
+    }
+
+    /// How many containers there are.
+    pub fn count(&self) -> usize {
+        self.read().by_id.len()
     }
 
     /// Containers of one sandbox.
@@ -667,7 +715,9 @@ impl ContainerService {
         .await?;
         let monitor_took = spawned_at.elapsed();
         let stored_at = std::time::Instant::now();
-        record::put(&self.db, record).await?;
+        // The record was committed durably before the monitor ran; the pids it learnt
+        // since are volatile facts (see crust_util::store).
+        record::put_deferred(&self.db, record).await?;
         tracing::debug!(container = %record.id, ?monitor_took, store_took = ?stored_at.elapsed(), "container created");
         Ok(())
     }
@@ -852,7 +902,8 @@ impl ContainerService {
             return Err(rt(&r.id, "start")(e));
         }
         // The container may already have exited (and been recorded so): keep that.
-        self.update(&r.id, |u| {
+        // The start time is a volatile fact: no durable commit on this call.
+        self.update_deferred(&r.id, |u| {
             u.started_at.get_or_insert_with(now_nanos);
         })
         .await?;

@@ -5,8 +5,13 @@
 //!                 │                                                  ▲
 //!                 └──────────────(monitor saw it die, removed)───────┘
 //! ```
-//! A record is written before the container is created in the runtime (`pid == 0`),
-//! so recovery can tell a half-made container and undo it. A container made from a
+//! A record is written durably before the container is created in the runtime
+//! (`pid == 0`), so recovery can tell a half-made container and undo it. That is the
+//! one durable commit of CreateContainer: the pids the monitor reports, and the start
+//! time StartContainer adds, are volatile facts, committed without durability and
+//! written to the bundle's volatile file ([`crust_util::store`]); recovery takes them
+//! from there when a crash came before the next durable commit. A record with
+//! `pid == 0` and no volatile file is still a half-made container. A container made from a
 //! checkpoint archive is CREATED with `pid == 0` and [`ContainerRecord::restore`] set:
 //! nothing runs until StartContainer restores its processes (see
 //! [`crate::container::restore`]).
@@ -15,7 +20,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crust_proto::cri;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use super::{ContainerError, Result};
@@ -167,24 +172,115 @@ pub fn load_all(db: &Database) -> Result<Vec<ContainerRecord>> {
     Ok(out)
 }
 
-/// Writes a record. The durable commit (an fsync) runs on a blocking thread, not on
-/// the async worker that asked for it.
+/// What a container's record learns after its durable commit, kept beside it in the
+/// bundle (see [`crust_util::store`]): the pids once the monitor has created it, the
+/// start time once it runs.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Volatile {
+    /// The container's init pid.
+    pub pid: i32,
+    /// Its start time in clock ticks.
+    pub pid_start: u64,
+    /// The monitor's pid.
+    pub monitor_pid: i32,
+    /// The monitor's start time.
+    pub monitor_start: u64,
+    /// When StartContainer started it.
+    pub started_at: Option<i64>,
+}
+
+impl Volatile {
+    fn of(r: &ContainerRecord) -> Self {
+        Volatile {
+            pid: r.pid,
+            pid_start: r.pid_start,
+            monitor_pid: r.monitor_pid,
+            monitor_start: r.monitor_start,
+            started_at: r.started_at,
+        }
+    }
+}
+
+/// Fills in from the bundle's volatile file what the store lacks (a crash came before
+/// the next durable commit); true when it changed the record.
+pub fn merge_volatile(r: &mut ContainerRecord) -> bool {
+    let Some(v) = crust_util::store::read_volatile(&r.bundle)
+        .and_then(|b| serde_json::from_slice::<Volatile>(&b).ok())
+    else {
+        return false;
+    };
+    let mut changed = false;
+    if r.pid == 0 && v.pid > 0 {
+        (r.pid, r.pid_start) = (v.pid, v.pid_start);
+        (r.monitor_pid, r.monitor_start) = (v.monitor_pid, v.monitor_start);
+        changed = true;
+    }
+    if r.started_at.is_none() && v.started_at.is_some() && r.pid == v.pid {
+        r.started_at = v.started_at;
+        changed = true;
+    }
+    changed
+}
+
+/// Writes a record with a durable commit (an fsync), on a blocking thread, not on the
+/// async worker that asked for it.
 pub async fn put(db: &Arc<Database>, r: &ContainerRecord) -> Result<()> {
-    let bytes = serde_json::to_vec(r).map_err(store)?;
-    let (db, id) = (Arc::clone(db), r.id.clone());
+    write(db, vec![encode(r)?], Durability::Immediate).await
+}
+
+/// Writes a record without a durable commit, and its volatile facts to the bundle
+/// first: a crash before the next durable commit loses the commit but not the file.
+pub async fn put_deferred(db: &Arc<Database>, r: &ContainerRecord) -> Result<()> {
+    let (bundle, volatile) = (
+        r.bundle.clone(),
+        serde_json::to_vec(&Volatile::of(r)).map_err(store)?,
+    );
+    let record = encode(r)?;
+    let db = Arc::clone(db);
     blocking(move || {
-        let txn = db.begin_write().map_err(store)?;
-        txn.open_table(CONTAINERS)
-            .map_err(store)?
-            .insert(id.as_str(), bytes.as_slice())
-            .map_err(store)?;
-        txn.commit().map_err(store)?;
-        Ok(())
+        crust_util::store::write_volatile(&bundle, &volatile).map_err(store)?;
+        commit(&db, vec![record], Durability::None)
     })
     .await
 }
 
-/// Deletes a record, committing on a blocking thread.
+/// Writes records in one durable commit.
+pub async fn put_all(db: &Arc<Database>, records: &[ContainerRecord]) -> Result<()> {
+    let rows = records.iter().map(encode).collect::<Result<Vec<_>>>()?;
+    write(db, rows, Durability::Immediate).await
+}
+
+fn encode(r: &ContainerRecord) -> Result<(String, Vec<u8>)> {
+    Ok((r.id.clone(), serde_json::to_vec(r).map_err(store)?))
+}
+
+async fn write(
+    db: &Arc<Database>,
+    rows: Vec<(String, Vec<u8>)>,
+    durability: Durability,
+) -> Result<()> {
+    let db = Arc::clone(db);
+    blocking(move || commit(&db, rows, durability)).await
+}
+
+fn commit(db: &Database, rows: Vec<(String, Vec<u8>)>, durability: Durability) -> Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut txn = db.begin_write().map_err(store)?;
+    txn.set_durability(durability).map_err(store)?;
+    {
+        let mut table = txn.open_table(CONTAINERS).map_err(store)?;
+        for (id, bytes) in &rows {
+            table.insert(id.as_str(), bytes.as_slice()).map_err(store)?;
+        }
+    }
+    txn.commit().map_err(store)?;
+    crust_util::store::count_commit(matches!(durability, Durability::Immediate));
+    Ok(())
+}
+
+/// Deletes a record, committing durably on a blocking thread.
 pub async fn delete(db: &Arc<Database>, id: &str) -> Result<()> {
     let (db, id) = (Arc::clone(db), id.to_owned());
     blocking(move || {
@@ -194,6 +290,7 @@ pub async fn delete(db: &Arc<Database>, id: &str) -> Result<()> {
             .remove(id.as_str())
             .map_err(store)?;
         txn.commit().map_err(store)?;
+        crust_util::store::count_commit(true);
         Ok(())
     })
     .await
