@@ -107,17 +107,27 @@ impl Cri {
 /// the pod's user namespace itself, so every handler has both where the kernel has
 /// `mount_setattr`.
 fn runtime_handlers(config: &crate::config::Config) -> Vec<cri::RuntimeHandler> {
-    let features = || {
+    // User namespaces are not yet proven on the embedded handler (libcontainer makes
+    // its own mappings): it does not claim them.
+    let features = |name: &str| {
+        let embedded = config
+            .runtimes
+            .get(name)
+            .is_some_and(|r| r.kind == crate::config::RuntimeKind::Embedded);
         Some(cri::RuntimeHandlerFeatures {
             recursive_read_only_mounts: crust_runtime::staging::supported(),
-            user_namespaces: crust_runtime::staging::supported(),
+            user_namespaces: crust_runtime::staging::supported() && !embedded,
         })
     };
     std::iter::once(String::new())
         .chain(config.runtimes.keys().cloned())
-        .map(|name| cri::RuntimeHandler {
-            name,
-            features: features(),
+        .map(|name| {
+            let features = features(if name.is_empty() {
+                &config.default_runtime
+            } else {
+                &name
+            });
+            cri::RuntimeHandler { name, features }
         })
         .collect()
 }
