@@ -259,7 +259,7 @@ pub struct ListScaleArgs {
     /// What each container runs (`/bin/sh -c COMMAND`): by default it exits at once,
     /// leaving an exited container and no process.
     #[arg(long = "scale-command", default_value = "exit 0")]
-    pub command: String,
+    pub scale_command: String,
 }
 
 /// `list-scale`.

@@ -45,7 +45,7 @@ pub async fn run(
     let mut sizes = args.sizes.clone();
     sizes.sort_unstable();
     let workload = Workload {
-        command: args.command.clone(),
+        command: args.scale_command.clone(),
         ..workload.clone()
     };
     let pods = Mutex::new(Vec::new());
