@@ -25,7 +25,10 @@
 #                         minutes to create and remove on 2 cores
 #   LIST_SCALE_PER_POD=100     ... containers per pod there
 #   LIST_SCALE_ITERATIONS=50   ... timed calls per List variant and size
-#   RUNTIMES="crust containerd"   which runtimes to measure
+#   RUNTIMES="crust crust-runc crust-crun containerd"   which runtimes to measure:
+#                         crust on its default handler (embedded: libcontainer in
+#                         crust-monitor) runs every scenario; crust-HANDLER runs only the
+#                         pod lifecycles, on that runtime handler (runc, crun, embedded)
 #   CRUST_LOG_LEVEL=info  crustd's log level (debug logs every RPC with its duration)
 #   PERF=0                1: record crustd with `perf record -g` during its suite
 #   RESULTS=bench/results where results go (JSON, summary.md, chart.svg)
@@ -54,7 +57,7 @@ fi
 : "${LIST_PODS:=100}" "${LIST_CONTAINERS:=5}" "${LIST_ITERATIONS:=200}"
 : "${SETUP_CONCURRENCY:=4}"
 : "${LIST_SCALE=500,5000,20000}" "${LIST_SCALE_PER_POD:=100}" "${LIST_SCALE_ITERATIONS:=50}"
-: "${RUNTIMES:=crust containerd}"
+: "${RUNTIMES:=crust crust-runc crust-crun containerd}"
 : "${CRUST_LOG_LEVEL:=info}"
 : "${PERF:=0}"
 : "${RESULTS:=$REPO/bench/results}"
@@ -66,8 +69,9 @@ BRIDGE=crbench0
 SUBNET=10.231.0.0/16
 CGROUP_PARENT=/crust-bench
 RUNC=/usr/sbin/runc
+CRUN=/usr/bin/crun
 CNI_BIN=/usr/lib/cni
-PACKAGES=(containerd conmon runc containernetworking-plugins docker-registry
+PACKAGES=(containerd conmon runc crun containernetworking-plugins docker-registry
     busybox-static skopeo protobuf-compiler tini jq curl iproute2 iptables)
 
 log() { printf '\n== %s\n' "$*"; }
@@ -291,6 +295,12 @@ SUITE_ARGS=(
     --cgroup-parent "$CGROUP_PARENT" --log-dir "$WORK/logs"
 )
 
+LIFECYCLE_ARGS=(
+    --image "$REG/bench/busybox:1" --no-list
+    --sequential "$SEQUENTIAL" --concurrent "$CONCURRENT" --concurrency "$CONCURRENCY"
+    --cgroup-parent "$CGROUP_PARENT" --log-dir "$WORK/logs"
+)
+
 SCALE_ARGS=(
     --image "$REG/bench/busybox:1" --sizes "$LIST_SCALE"
     --containers-per-pod "$LIST_SCALE_PER_POD" --list-iterations "$LIST_SCALE_ITERATIONS"
@@ -328,8 +338,10 @@ wait_socket() { # socket pid log
 }
 
 # --- crust ----------------------------------------------------------------------------
-run_crust() {
-    log "crust"
+run_crust() { # [handler]: all scenarios on the default handler, or lifecycles on one
+    local handler=${1:-} name=crust
+    [[ -n $handler ]] && name=crust-$handler
+    log "$name"
     fresh_root crust
     mkdir -p "$STATE/c"
     cat >"$WORK/crust/config.toml" <<EOF
@@ -338,8 +350,11 @@ state = "$STATE/c"
 listen = "$STATE/c/crust.sock"
 log_level = "$CRUST_LOG_LEVEL"
 cgroup_driver = "cgroupfs"
+${handler:+default_runtime = \"$handler\"}
 [runtimes.runc]
 path = "$RUNC"
+[runtimes.crun]
+path = "$CRUN"
 [registry]
 config_path = "$WORK/certs.d"
 [cni]
@@ -351,16 +366,19 @@ EOF
     CRUSTD_PID=$!
     wait_socket "$STATE/c/crust.sock" "$CRUSTD_PID" "$WORK/crust/crustd.log"
     sleep 2 # let start-up work finish before the idle reading
-    if [[ $PERF == 1 ]]; then
+    if [[ $PERF == 1 && -z $handler ]]; then
         mkdir -p "$ARTIFACTS"
         perf record -F 499 -g -p "$CRUSTD_PID" -o "$ARTIFACTS/crustd.perf.data" >/dev/null 2>&1 &
         PERF_PID=$!
     fi
-    "$BENCH" suite --endpoint "$STATE/c/crust.sock" --name crust \
-        --json "$RESULTS/crust.json" --daemon-pid "$CRUSTD_PID" \
-        --helper crust-monitor --helper-match "$STATE/c/" "${SUITE_ARGS[@]}" ||
-        failed crust "$WORK/crust/crustd.log"
-    if [[ -n $LIST_SCALE ]]; then
+    local args=("${SUITE_ARGS[@]}")
+    # Another handler changes how containers start, not pulls or List: lifecycles only.
+    [[ -n $handler ]] && args=("${LIFECYCLE_ARGS[@]}")
+    "$BENCH" suite --endpoint "$STATE/c/crust.sock" --name "$name" \
+        --json "$RESULTS/$name.json" --daemon-pid "$CRUSTD_PID" \
+        --helper crust-monitor --helper-match "$STATE/c/" "${args[@]}" ||
+        failed "$name" "$WORK/crust/crustd.log"
+    if [[ -n $LIST_SCALE && -z $handler ]]; then
         "$BENCH" list-scale --endpoint "$STATE/c/crust.sock" --name crust \
             --json "$RESULTS/crust-scale.json" --daemon-pid "$CRUSTD_PID" "${SCALE_ARGS[@]}" ||
             failed crust "$WORK/crust/crustd.log"
@@ -372,7 +390,7 @@ EOF
     unmount_under "$STATE/c"
     unmount_under "$WORK/crust"
     if [[ $CRUST_LOG_LEVEL == debug ]]; then
-        mkdir -p "$ARTIFACTS" && cp "$WORK/crust/crustd.log" "$ARTIFACTS/crustd.log"
+        mkdir -p "$ARTIFACTS" && cp "$WORK/crust/crustd.log" "$ARTIFACTS/$name.log"
     fi
     return 0
 }
@@ -494,6 +512,7 @@ EOF
 for runtime in $RUNTIMES; do
     case $runtime in
         crust) run_crust; run_conmon ;;
+        crust-*) run_crust "${runtime#crust-}" ;;
         containerd) run_containerd ;;
         *) die "unknown runtime $runtime" ;;
     esac
@@ -506,6 +525,28 @@ if [[ -f $RESULTS/crust.json && -f $RESULTS/containerd.json ]]; then
     [[ -f $RESULTS/conmon.json ]] && conmon_arg=(--conmon "$RESULTS/conmon.json")
     "$BENCH" chart "$RESULTS/crust.json" "$RESULTS/containerd.json" "${conmon_arg[@]}" \
         --out "$RESULTS/chart.svg" | tee "$RESULTS/summary.md"
+fi
+# Pod start per runtime handler: the lifecycle metrics of each crust run beside
+# containerd's, with the ratio.
+if [[ -f $RESULTS/containerd.json ]] && compgen -G "$RESULTS/crust*.json" >/dev/null; then
+    log "pod lifecycles per crust runtime handler (p50; ratio to containerd)"
+    {
+        echo "| run | pod running, sequential | pod running, $CONCURRENCY at once | whole lifecycle | daemon CPU per pod |"
+        echo "| --- | ---: | ---: | ---: | ---: |"
+        for f in "$RESULTS"/crust.json "$RESULTS"/crust-*.json; do
+            [[ -f $f && $f != *-scale.json ]] || continue
+            jq -r --slurpfile c "$RESULTS/containerd.json" '
+                def seq: .lifecycle[] | select(.concurrency == 1);
+                def par: .lifecycle[] | select(.concurrency > 1);
+                def cell(a; b; unit): "\(a * 10 | round / 10) \(unit) (\(a / b * 100 | round / 100))";
+                . as $o | $c[0] as $t |
+                "| \($o.name) | " +
+                cell($o | seq.pod_running.p50_ms; $t | seq.pod_running.p50_ms; "ms") + " | " +
+                cell($o | par.pod_running.p50_ms; $t | par.pod_running.p50_ms; "ms") + " | " +
+                cell($o | seq.total.p50_ms; $t | seq.total.p50_ms; "ms") + " | " +
+                cell(($o | seq.daemon_cpu_s_per_pod) * 1000; ($t | seq.daemon_cpu_s_per_pod) * 1000; "ms") + " |"' "$f"
+        done
+    } | tee "$RESULTS/handlers.md"
 fi
 # The List scale points side by side: p99 of each variant per size, and answer sizes.
 if [[ -f $RESULTS/crust-scale.json ]]; then

@@ -741,6 +741,7 @@ fn assert_nothing_left(p: &Pod) {
         "state/bundles",
         "root/containers",
         "state/runtime/runc",
+        "state/runtime/embedded",
     ] {
         let left: Vec<_> = fs::read_dir(dir.join(sub))
             .map(|r| r.flatten().map(|e| e.file_name()).collect())

@@ -356,6 +356,7 @@ fn unowned(p: &TestPod, owners: &HashSet<String>, pods: usize) -> Vec<String> {
         "state/containers",
         "state/sandboxes",
         "state/runtime/runc",
+        "state/runtime/embedded",
         "root/containers",
         "root/sandboxes",
         "cni-cache/results",

@@ -133,6 +133,22 @@ async fn containers_run_exec_update_and_stop_without_a_runtime_binary() {
     ))
     .unwrap();
     assert_eq!(limit.trim(), (96u64 << 20).to_string());
+    // Inside, /sys/fs/cgroup is the container's own cgroup (in the pod's PID namespace
+    // libcontainer's own v1 cgroup mount would look its pid up on the host's /proc),
+    // read-only, with every hierarchy.
+    let inside = ns(exec(
+        &mut p,
+        &a,
+        &["cat", "/sys/fs/cgroup/memory/memory.limit_in_bytes"],
+    )
+    .await);
+    assert_eq!(inside.trim(), (96u64 << 20).to_string());
+    let r = exec(&mut p, &a, &["mkdir", "/sys/fs/cgroup/memory/escape"]).await;
+    assert_ne!(r.exit_code, 0, "the cgroup mount is writable");
+    for hierarchy in ["cpu", "pids", "devices"] {
+        let listed = ns(exec(&mut p, &b, &["ls", &format!("/sys/fs/cgroup/{hierarchy}")]).await);
+        assert!(listed.contains("cgroup.procs"), "{hierarchy}: {listed:?}");
+    }
 
     // CRIU needs an OCI runtime binary: refused, nothing changed.
     let err =

@@ -120,9 +120,16 @@ fn ns(pid: i64, kind: &str) -> std::path::PathBuf {
     std::fs::read_link(format!("/proc/{pid}/ns/{kind}")).unwrap()
 }
 
-/// Whether the OCI runtime knows a container `id` (a pause would be one).
+/// Whether a runtime handler (runc's or the embedded one's state) knows a container
+/// `id` (a pause would be one).
 fn runtime_has(p: &TestPod, id: &str) -> bool {
-    p.d.dir().join("state/runtime/runc").join(id).exists()
+    ["runc", "embedded"].iter().any(|handler| {
+        p.d.dir()
+            .join("state/runtime")
+            .join(handler)
+            .join(id)
+            .exists()
+    })
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -494,10 +494,12 @@ async fn fifty_cycles_leave_nothing() {
     assert!(list(&mut c, None).await.is_empty());
     assert_nothing_left(&d, &net);
     assert_eq!(pause_processes(&d), 0);
-    let runc_state: Vec<_> = fs::read_dir(d.dir().join("state/runtime/runc"))
-        .map(|r| r.flatten().map(|e| e.file_name()).collect())
-        .unwrap_or_default();
-    assert!(runc_state.is_empty(), "runc state left: {runc_state:?}");
+    for handler in ["runc", "embedded"] {
+        let state: Vec<_> = fs::read_dir(d.dir().join("state/runtime").join(handler))
+            .map(|r| r.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        assert!(state.is_empty(), "{handler} state left: {state:?}");
+    }
 }
 
 /// A plain HTTP/1.0 GET of `/` from `addr`, returning the whole response.

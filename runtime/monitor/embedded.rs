@@ -21,6 +21,7 @@ use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::syscall::syscall::SyscallType;
 
 use crate::args::Args;
+use crate::cgroup_mount;
 use crate::create::{Created, Output, failure, pipe, read_pid_file, receive_fd};
 use crate::sys;
 
@@ -44,7 +45,7 @@ pub fn create(args: &Args) -> Result<Created, CreateFailure> {
         failure(format!("embedded create {}: {message}", args.id))
     };
 
-    plain_rootfs_propagation(&args.bundle)
+    adapt_spec(&args.bundle)
         .map_err(|message| failure(format!("embedded create {}: {message}", args.id)))?;
     let console = if args.tty {
         let dir = tempfile::Builder::new()
@@ -131,23 +132,35 @@ pub fn create(args: &Args) -> Result<Created, CreateFailure> {
     })
 }
 
-/// Rewrites runc's recursive rootfs propagation names (`rslave`, `rshared`,
-/// `rprivate`) in the bundle's spec to the plain ones libcontainer knows: it applies
-/// every rootfs propagation recursively.
-fn plain_rootfs_propagation(bundle: &Path) -> Result<(), String> {
+/// Rewrites in the bundle's spec what libcontainer reads differently from runc: runc's
+/// recursive rootfs propagation names (`rslave`, `rshared`, ...) become the plain ones
+/// (libcontainer applies every rootfs propagation recursively), and a v1 `cgroup`
+/// mount in a joined PID namespace becomes plain mounts (see [`cgroup_mount`]).
+fn adapt_spec(bundle: &Path) -> Result<(), String> {
     let path = bundle.join("config.json");
     let mut spec =
         oci_spec::runtime::Spec::load(&path).map_err(|err| format!("read spec: {err}"))?;
     let Some(linux) = spec.linux_mut() else {
         return Ok(());
     };
-    let plain = match linux.rootfs_propagation().as_deref() {
-        Some(recursive @ ("rslave" | "rshared" | "rprivate" | "runbindable")) => {
-            recursive[1..].to_owned()
-        }
-        _ => return Ok(()),
-    };
-    linux.set_rootfs_propagation(Some(plain));
+    let mut changed = false;
+    if let Some(recursive @ ("rslave" | "rshared" | "rprivate" | "runbindable")) =
+        linux.rootfs_propagation().as_deref()
+    {
+        let plain = recursive[1..].to_owned();
+        linux.set_rootfs_propagation(Some(plain));
+        changed = true;
+    }
+    if let (Ok(mountinfo), Ok(own)) = (
+        std::fs::File::open("/proc/self/mountinfo"),
+        std::fs::read_to_string("/proc/self/cgroup"),
+    ) {
+        let mountinfo = std::io::BufReader::with_capacity(4096, mountinfo);
+        changed |= cgroup_mount::replace_joined_pid_cgroup_mount(&mut spec, mountinfo, &own);
+    }
+    if !changed {
+        return Ok(());
+    }
     spec.save(&path).map_err(|err| format!("write spec: {err}"))
 }
 

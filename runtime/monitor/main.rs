@@ -33,6 +33,7 @@
 
 mod args;
 mod cgroup;
+mod cgroup_mount;
 mod create;
 mod crilog;
 mod embedded;

@@ -398,9 +398,13 @@ pub fn build_container_spec(input: &ContainerSpecInput) -> Result<BuiltSpec> {
         "env": env,
         "cwd": cwd,
         "capabilities": capabilities,
-        "noNewPrivileges": security.is_some_and(|s| s.no_new_privs),
         "oomScoreAdj": oom_score_adj,
     });
+    // Written only when set: libcontainer 0.7 loads seccomp before dropping
+    // capabilities (which it needs without no_new_privs) only when the field is absent.
+    if security.is_some_and(|s| s.no_new_privs) {
+        process["noNewPrivileges"] = true.into();
+    }
     if let Some(profile) = apparmor_profile(security, privileged, host)? {
         process["apparmorProfile"] = profile.into();
     }
@@ -1864,7 +1868,7 @@ mod tests {
         let process = &spec["process"];
         assert_eq!(spec["ociVersion"], OCI_VERSION);
         assert_eq!(process["terminal"], false);
-        assert_eq!(process["noNewPrivileges"], false);
+        assert!(process.get("noNewPrivileges").is_none());
         // Nothing asked: 0 (above our own -500, so kept).
         assert_eq!(process["oomScoreAdj"], 0);
         assert!(process.get("rlimits").is_none());
