@@ -546,6 +546,19 @@ if [[ -f $RESULTS/containerd.json ]] && compgen -G "$RESULTS/crust*.json" >/dev/
                 cell($o | seq.total.p50_ms; $t | seq.total.p50_ms; "ms") + " | " +
                 cell(($o | seq.daemon_cpu_s_per_pod) * 1000; ($t | seq.daemon_cpu_s_per_pod) * 1000; "ms") + " |"' "$f"
         done
+        # Where a sequential pod start's time goes: p50 of each CRI call kubelet makes,
+        # per run (pod running = RunPodSandbox + CreateContainer + StartContainer and
+        # the client's round trips).
+        echo
+        echo "| run | RunPodSandbox | CreateContainer | StartContainer | StopContainer | StopPodSandbox | RemoveContainer | RemovePodSandbox |"
+        echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        for f in "$RESULTS"/crust.json "$RESULTS"/crust-*.json "$RESULTS"/containerd.json; do
+            [[ -f $f && $f != *-scale.json ]] || continue
+            jq -r '(.lifecycle[] | select(.concurrency == 1) | .rpcs) as $r |
+                "| \(.name) | " + ([("RunPodSandbox", "CreateContainer", "StartContainer",
+                    "StopContainer", "StopPodSandbox", "RemoveContainer", "RemovePodSandbox") |
+                    "\($r[.].p50_ms // 0 | . * 10 | round / 10) ms"] | join(" | ")) + " |"' "$f"
+        done
     } | tee "$RESULTS/handlers.md"
 fi
 # The List scale points side by side: p99 of each variant per size, and answer sizes.

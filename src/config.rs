@@ -37,6 +37,10 @@ pub struct Config {
     pub default_runtime: String,
     /// OCI runtimes by RuntimeClass handler name.
     pub runtimes: BTreeMap<String, RuntimeConfig>,
+    /// The handler that runs pods with a user namespace when theirs is an embedded one
+    /// (libcontainer 0.7 runs exec outside the container's user namespace); unset: the
+    /// `runc` handler where one is configured; "": such pods are refused there.
+    pub user_namespace_runtime: Option<String>,
     /// The crust-monitor binary; by default the one beside crustd.
     pub monitor_path: Option<PathBuf>,
     /// Where to serve Prometheus metrics (`/metrics`); off when unset.
@@ -212,7 +216,7 @@ impl Default for Config {
                 ..RegistryConfig::default()
             },
             cni: CniConfig::default(),
-            default_runtime: "runc".into(),
+            default_runtime: "embedded".into(),
             runtimes: BTreeMap::from([
                 (
                     "runc".to_string(),
@@ -229,6 +233,7 @@ impl Default for Config {
                     },
                 ),
             ]),
+            user_namespace_runtime: None,
             monitor_path: None,
             metrics_address: None,
             pause_image: None,
@@ -272,8 +277,15 @@ log_format = "text"
 # The cgroup driver kubelet must use with crust: "cgroupfs" or "systemd".
 cgroup_driver = "cgroupfs"
 
-# The runtime handler for pods whose RuntimeClass names none.
-default_runtime = "runc"
+# The runtime handler for pods whose RuntimeClass names none: the embedded one starts
+# containers without running a runtime binary; "runc" for CRIU checkpoints of every
+# pod (the embedded handler refuses them).
+default_runtime = "embedded"
+
+# The handler that runs pods with a user namespace (hostUsers: false) when the one they
+# name is embedded: libcontainer 0.7 would exec into them outside their user namespace.
+# Unset: "runc" where it is configured; "" refuses such pods on embedded handlers.
+# user_namespace_runtime = "runc"
 
 # The per-container monitor; unset means the crust-monitor installed beside crustd.
 # monitor_path = "/usr/local/bin/crust-monitor"
@@ -388,10 +400,33 @@ impl Config {
 
     /// Parses and validates TOML text.
     pub fn parse(text: &str) -> anyhow::Result<Config> {
-        let config: Config =
+        let mut config: Config =
             toml::from_str(text).map_err(|e| anyhow::anyhow!("{}", e.to_string().trim_end()))?;
+        // The embedded handler needs nothing installed: it stays configured beside
+        // the handlers a config lists, unless one takes its name.
+        config
+            .runtimes
+            .entry("embedded".to_owned())
+            .or_insert_with(|| RuntimeConfig {
+                kind: RuntimeKind::Embedded,
+                path: PathBuf::new(),
+            });
         config.validate()?;
         Ok(config)
+    }
+
+    /// The handler that runs user-namespaced pods of embedded handlers, resolved: the
+    /// configured one, else `runc` when it is an OCI runtime here; `None`: refused.
+    pub fn user_namespace_runtime(&self) -> Option<String> {
+        match self.user_namespace_runtime.as_deref() {
+            Some("") => None,
+            Some(name) => Some(name.to_owned()),
+            None => self
+                .runtimes
+                .get("runc")
+                .is_some_and(|r| r.kind == RuntimeKind::Oci)
+                .then(|| "runc".to_owned()),
+        }
     }
 
     /// Refuses values that parse but cannot work.
@@ -425,6 +460,19 @@ impl Config {
                 "default_runtime: {:?} is not a configured [runtimes.*] entry",
                 self.default_runtime
             );
+        }
+        if let Some(name) = self
+            .user_namespace_runtime
+            .as_deref()
+            .filter(|n| !n.is_empty())
+        {
+            match self.runtimes.get(name) {
+                Some(r) if r.kind == RuntimeKind::Oci => {}
+                Some(_) => bail!("user_namespace_runtime: {name:?} is an embedded runtime"),
+                None => {
+                    bail!("user_namespace_runtime: {name:?} is not a configured [runtimes.*] entry")
+                }
+            }
         }
         for (name, runtime) in &self.runtimes {
             match runtime.kind {
@@ -496,6 +544,28 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_user_namespace_runtime_defaults_to_runc_and_must_be_an_oci_handler() {
+        let defaults = Config::default();
+        assert_eq!(defaults.default_runtime, "embedded");
+        assert_eq!(defaults.user_namespace_runtime().as_deref(), Some("runc"));
+        let off = Config::parse("user_namespace_runtime = \"\"\n").unwrap();
+        assert_eq!(off.user_namespace_runtime(), None);
+        let only_embedded =
+            Config::parse("default_runtime = \"e\"\n[runtimes.e]\ntype = \"embedded\"\n").unwrap();
+        assert_eq!(only_embedded.user_namespace_runtime(), None);
+        for (text, says) in [
+            (
+                "user_namespace_runtime = \"embedded\"\n",
+                "is an embedded runtime",
+            ),
+            ("user_namespace_runtime = \"crun\"\n", "not a configured"),
+        ] {
+            let err = Config::parse(text).unwrap_err().to_string();
+            assert!(err.contains(says), "{text}: {err}");
+        }
+    }
 
     #[test]
     fn documented_defaults_are_the_defaults() {

@@ -373,6 +373,7 @@ async fn recover(config: Arc<Config>, streaming_url: String) -> anyhow::Result<c
             .collect(),
         monitor_binary: monitor_binary.clone(),
         default_runtime: config.default_runtime.clone(),
+        user_namespace_runtime: config.user_namespace_runtime(),
         cgroup_driver: match config.cgroup_driver {
             config::CgroupDriver::Cgroupfs => crust_sandbox::CgroupDriver::Cgroupfs,
             config::CgroupDriver::Systemd => crust_sandbox::CgroupDriver::Systemd,

@@ -351,7 +351,7 @@ async fn archive_of_a_real_container_holds_its_frozen_dump_spec_and_rootfs_diff(
     let wrapper = runc_with_criu_stood_in(tools.path());
     let mut pod = TestPod::set_up_configured(
         oci::busybox_image(),
-        "",
+        "default_runtime = \"runc\"\n",
         &format!("[runtimes.runc]\npath = {wrapper:?}\n"),
         &[r#"{"type":"loopback"}"#],
     )
@@ -457,7 +457,7 @@ async fn a_crash_mid_checkpoint_leaves_neither_a_frozen_container_nor_an_archive
     let wrapper = runc_with_criu_stood_in(tools.path());
     let mut pod = TestPod::set_up_configured(
         oci::busybox_image(),
-        "",
+        "default_runtime = \"runc\"\n",
         &format!("[runtimes.runc]\npath = {wrapper:?}\n"),
         &[r#"{"type":"loopback"}"#],
     )

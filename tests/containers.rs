@@ -1156,7 +1156,7 @@ async fn under_cgroup_driver(driver: &str, cgroup_parent: &str) -> (Vec<String>,
     .unwrap();
     let mut p = TestPod::set_up_configured(
         oci::busybox_image(),
-        &format!("cgroup_driver = {driver:?}\n"),
+        &format!("cgroup_driver = {driver:?}\ndefault_runtime = \"runc\"\n"),
         &format!("[runtimes.runc]\npath = {wrapper:?}\n"),
         &[r#"{"type":"loopback"}"#],
     )

@@ -88,12 +88,24 @@ exec /usr/sbin/runc --root "$root" --log "$log" --log-format json start "$id"
     wrapper
 }
 
+/// A pod on the runc handler: CRIU runs through an OCI runtime binary, which the
+/// default embedded handler is not.
+async fn on_runc() -> TestPod {
+    TestPod::set_up_configured(
+        oci::busybox_image(),
+        "default_runtime = \"runc\"\n",
+        "",
+        &[r#"{"type":"loopback"}"#],
+    )
+    .await
+}
+
 /// A pod whose runc handler is the wrapper.
 async fn pod_with_wrapper(tools: &Path) -> TestPod {
     let wrapper = runc_with_criu_stood_in(tools);
     TestPod::set_up_configured(
         oci::busybox_image(),
-        "",
+        "default_runtime = \"runc\"\n",
         &format!("[runtimes.runc]\npath = {wrapper:?}\n"),
         &[r#"{"type":"loopback"}"#],
     )
@@ -236,7 +248,7 @@ async fn a_container_from_an_archive_has_its_image_and_changes_then_restores_or_
     let tools = tempfile::tempdir().unwrap();
     let real_criu = criu_works();
     let mut pod = if real_criu {
-        TestPod::set_up(oci::busybox_image(), "").await
+        on_runc().await
     } else {
         pod_with_wrapper(tools.path()).await
     };

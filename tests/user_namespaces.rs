@@ -337,3 +337,90 @@ async fn user_namespace_requests_crust_cannot_meet_are_refused_and_leave_nothing
     remove_container(&mut p, &id).await;
     p.stop_and_remove_pod(&pod).await;
 }
+
+/// On the embedded handler (libcontainer 0.7's exec would stay outside the user
+/// namespace, as host root) a pod with a user namespace runs on the user namespace
+/// runtime, runc by default, and exec lands inside it; with none configured it is
+/// refused and Status does not claim user namespaces for the embedded handler.
+#[tokio::test(flavor = "multi_thread")]
+async fn embedded_handlers_hand_user_namespaced_pods_to_runc_or_refuse_them() {
+    let mut p = TestPod::set_up_configured(
+        oci::busybox_image(),
+        "default_runtime = \"embedded\"\n",
+        "",
+        &[r#"{"type":"loopback"}"#],
+    )
+    .await;
+    let ns = options(cri::NamespaceMode::Pod, vec![mapping(0, HOST_ID)]);
+    let config = pod_config(&p, "handed", ns.clone());
+    let pod = run_pod(&mut p, &config).await.unwrap();
+    let status =
+        p.c.runtime
+            .pod_sandbox_status(cri::PodSandboxStatusRequest {
+                pod_sandbox_id: pod.clone(),
+                verbose: false,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status
+            .unwrap();
+    assert_eq!(status.runtime_handler, "runc");
+    p.sandbox = pod.clone();
+    p.sandbox_config = config;
+    let id = p
+        .run(container(&p, "sleeper", &["sleep", "300"], &ns))
+        .await;
+    assert!(p.d.dir().join("state/runtime/runc").join(&id).exists());
+    assert_eq!(
+        words(&exec(&mut p, &id, "cat /proc/self/uid_map").await),
+        ["0", &HOST_ID.to_string(), &LENGTH.to_string()]
+    );
+    for call in ["stop", "remove"] {
+        let r = if call == "stop" {
+            p.c.runtime
+                .stop_pod_sandbox(cri::StopPodSandboxRequest {
+                    pod_sandbox_id: pod.clone(),
+                })
+                .await
+                .map(drop)
+        } else {
+            p.c.runtime
+                .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+                    pod_sandbox_id: pod.clone(),
+                })
+                .await
+                .map(drop)
+        };
+        r.unwrap();
+    }
+
+    let mut p = TestPod::set_up_configured(
+        oci::busybox_image(),
+        "default_runtime = \"embedded\"\nuser_namespace_runtime = \"\"\n",
+        "",
+        &[r#"{"type":"loopback"}"#],
+    )
+    .await;
+    let handlers =
+        p.c.runtime
+            .status(cri::StatusRequest { verbose: false })
+            .await
+            .unwrap()
+            .into_inner()
+            .runtime_handlers;
+    for handler in &handlers {
+        let claims = handler.features.as_ref().unwrap().user_namespaces;
+        assert_eq!(claims, handler.name == "runc", "{handler:?}");
+    }
+    let before = state_mounts(&p);
+    let config = pod_config(&p, "refused", ns);
+    let err = run_pod(&mut p, &config).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("user namespace"), "{err:?}");
+    assert_eq!(state_mounts(&p), before);
+    let netns: Vec<_> = std::fs::read_dir(p.d.dir().join("state/netns"))
+        .map(|r| r.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(netns.len() <= 1, "{netns:?}");
+}

@@ -34,14 +34,7 @@ pub fn create(args: &Args) -> Result<Created, CreateFailure> {
     let log_start = log_to(&log);
     let fail = |message: String| {
         sys::kill_and_reap_children();
-        // libcontainer's own words for what failed (its init process logs the cause,
-        // and only a summary reaches the error).
-        let logged = logged_errors(&log, log_start);
-        let message = if logged.is_empty() || message.contains(&logged) {
-            message
-        } else {
-            format!("{message} ({logged})")
-        };
+        let message = with_logged_causes(message, &log, log_start);
         failure(format!("embedded create {}: {message}", args.id))
     };
 
@@ -173,9 +166,20 @@ pub fn remove_state(args: &Args) {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `message` with libcontainer's own words for what failed, logged to `log` after
+/// `start`: its init process logs the cause, and only a summary reaches the error.
+pub fn with_logged_causes(message: String, log: &Path, start: u64) -> String {
+    let logged = logged_errors(log, start);
+    if logged.is_empty() || message.contains(&logged) {
+        message
+    } else {
+        format!("{message} ({logged})")
+    }
+}
+
 /// Sends libcontainer's warnings and errors, in this process and the ones it forks,
 /// to `log` as JSON lines (youki's log format); where the log ended before.
-fn log_to(log: &Path) -> u64 {
+pub fn log_to(log: &Path) -> u64 {
     let start = std::fs::metadata(log).map_or(0, |m| m.len());
     let Ok(file) = std::fs::OpenOptions::new()
         .create(true)

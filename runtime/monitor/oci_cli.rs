@@ -122,9 +122,16 @@ pub fn main(argv: &[OsString]) -> i32 {
             return 2;
         }
     };
+    let log_start = inv.log.as_deref().map(crate::embedded::log_to);
     match run(&inv) {
         Ok(code) => code,
         Err(message) => {
+            let message = match (inv.log.as_deref(), log_start) {
+                (Some(log), Some(start)) => {
+                    crate::embedded::with_logged_causes(message, log, start)
+                }
+                _ => message,
+            };
             log_error(inv.log.as_deref(), &message);
             eprintln!("{message}");
             1

@@ -94,9 +94,19 @@ pub fn private_dir(path: &Path, mode: u32) -> io::Result<()> {
 
 /// The directories below the state directory that the OCI runtime passes through as a
 /// pod's root when the pod has its own user namespace (to the rootfs mountpoints, the
-/// bundles' staged mounts, the pod's /dev/shm): 0711, passable without listing; what
-/// lies below each is [`userns_dir`] or 0700.
-pub const TRAVERSED_STATE_DIRS: [&str; 4] = ["containers", "bundles", "sandboxes", "pause-rootfs"];
+/// bundles' staged mounts, the pod's /dev/shm, and the pinned namespaces, which
+/// libcontainer joins by path once in the user namespace): 0711, passable without
+/// listing; what lies below each is [`userns_dir`], 0700, or a namespace pin (nsfs,
+/// 0444, and of no use without privileges over the namespace).
+pub const TRAVERSED_STATE_DIRS: [&str; 7] = [
+    "containers",
+    "bundles",
+    "sandboxes",
+    "pause-rootfs",
+    "netns",
+    "ipcns",
+    "utsns",
+];
 
 /// Makes `path` (created if missing) root:`gid` 0710: the processes of a pod whose
 /// user namespace maps its root to host gid `gid` may pass through it (runc does, as

@@ -85,6 +85,10 @@ pub struct SandboxOptions {
     pub monitor_binary: PathBuf,
     /// The handler used when a request names none.
     pub default_runtime: String,
+    /// The handler that runs pods with a user namespace when theirs is embedded
+    /// (libcontainer 0.7's exec does not join the container's user namespace); `None`:
+    /// such pods are refused on embedded handlers.
+    pub user_namespace_runtime: Option<String>,
     /// The cgroup driver.
     pub cgroup_driver: CgroupDriver,
     /// Run no pause process for pods that need none (no shared PID namespace, no user
@@ -388,6 +392,35 @@ impl SandboxService {
             })
     }
 
+    /// The runtime of `handler` for a pod, with or without a user namespace: a pod with
+    /// one runs on [`SandboxOptions::user_namespace_runtime`] when `handler` is
+    /// embedded, or is refused.
+    fn runtime_for(
+        &self,
+        handler: &str,
+        userns: bool,
+    ) -> Result<(String, Arc<dyn LowLevelRuntime>)> {
+        let (name, runtime) = self.runtime(handler)?;
+        if !userns
+            || !matches!(
+                runtime.engine(),
+                crust_runtime::lowlevel::CreateEngine::Embedded
+            )
+        {
+            return Ok((name, runtime));
+        }
+        match &self.options.user_namespace_runtime {
+            Some(other) => {
+                tracing::debug!(handler = %name, runtime = %other, "a pod with a user namespace runs on the user namespace runtime");
+                self.runtime(other)
+            }
+            None => Err(SandboxError::Invalid(format!(
+                "runtime handler {name:?} (embedded) cannot run pods with a user namespace \
+                 and no user_namespace_runtime is configured"
+            ))),
+        }
+    }
+
     /// A fresh sandbox id, for callers that prepare something (a pause image's rootfs)
     /// under the id before [`SandboxService::run`].
     pub fn new_id() -> String {
@@ -422,7 +455,7 @@ impl SandboxService {
     ) -> Result<String> {
         let meta = validate::sandbox_config(&config)?;
         let userns = validate::pod_mappings(&config)?;
-        let (handler, runtime) = self.runtime(handler)?;
+        let (handler, runtime) = self.runtime_for(handler, userns.is_some())?;
         if id.len() != 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(SandboxError::Invalid(format!(
                 "sandbox id {id:?} is not 64 hex digits"

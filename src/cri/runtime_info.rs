@@ -107,8 +107,10 @@ impl Cri {
 /// the pod's user namespace itself, so every handler has both where the kernel has
 /// `mount_setattr`.
 fn runtime_handlers(config: &crate::config::Config) -> Vec<cri::RuntimeHandler> {
-    // User namespaces are not yet proven on the embedded handler (libcontainer makes
-    // its own mappings): it does not claim them.
+    // An embedded handler's pods with a user namespace run on the user namespace
+    // runtime (libcontainer 0.7's exec stays outside the user namespace): it claims
+    // them only when there is one.
+    let userns_elsewhere = config.user_namespace_runtime().is_some();
     let features = |name: &str| {
         let embedded = config
             .runtimes
@@ -116,7 +118,7 @@ fn runtime_handlers(config: &crate::config::Config) -> Vec<cri::RuntimeHandler> 
             .is_some_and(|r| r.kind == crate::config::RuntimeKind::Embedded);
         Some(cri::RuntimeHandlerFeatures {
             recursive_read_only_mounts: crust_runtime::staging::supported(),
-            user_namespaces: crust_runtime::staging::supported() && !embedded,
+            user_namespaces: crust_runtime::staging::supported() && (!embedded || userns_elsewhere),
         })
     };
     std::iter::once(String::new())

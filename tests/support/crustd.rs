@@ -5,6 +5,7 @@
 //! directories, so it also goes away when the test panics.
 
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -63,6 +64,9 @@ impl Crustd {
             .prefix("crust-e2e-")
             .tempdir()
             .expect("tempdir");
+        // Traversable as a node's /run is: a pod's mapped root joins the pinned
+        // namespaces below `state` by path.
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o711)).unwrap();
         for sub in ["root", "state", "cni-conf", "cni-bin", "certs.d"] {
             fs::create_dir_all(dir.path().join(sub)).unwrap();
         }
@@ -80,8 +84,8 @@ impl Crustd {
 
     fn write_config(&self) {
         let p = self.dir.path();
-        // The whole suite can run on another handler (CI runs it on the embedded
-        // one too): only where a test picks no runtime itself.
+        // The whole suite can run on another handler than the default embedded one
+        // (`CRUST_TEST_DEFAULT_RUNTIME=runc`): only where a test picks none itself.
         let mut top = self.top_config.clone();
         if let Ok(handler) = std::env::var("CRUST_TEST_DEFAULT_RUNTIME")
             && !handler.is_empty()
