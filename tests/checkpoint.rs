@@ -142,21 +142,9 @@ fn work_dirs(pod: &TestPod) -> Vec<PathBuf> {
         .unwrap_or_default()
 }
 
-/// A pod on the runc handler: CRIU runs through an OCI runtime binary, which the
-/// default embedded handler is not.
-async fn on_runc() -> TestPod {
-    TestPod::set_up_configured(
-        oci::busybox_image(),
-        "default_runtime = \"runc\"\n",
-        "",
-        &[r#"{"type":"loopback"}"#],
-    )
-    .await
-}
-
 #[tokio::test]
 async fn checkpoint_of_a_running_counter_writes_the_archive_or_names_what_criu_lacks() {
-    let mut pod = on_runc().await;
+    let mut pod = TestPod::on_handler(oci::busybox_image(), "runc").await;
     let id = running_counter(&mut pod).await;
     let out = pod.d.dir().join("checkpoints");
     std::fs::create_dir(&out).unwrap();
@@ -233,7 +221,7 @@ async fn checkpoint_of_a_running_counter_writes_the_archive_or_names_what_criu_l
 
 #[tokio::test]
 async fn checkpoint_refuses_bad_requests_and_changes_nothing() {
-    let mut pod = on_runc().await;
+    let mut pod = TestPod::on_handler(oci::busybox_image(), "runc").await;
     let id = running_counter(&mut pod).await;
     let dir = pod.d.dir().join("checkpoints");
     std::fs::create_dir(&dir).unwrap();

@@ -88,18 +88,6 @@ exec /usr/sbin/runc --root "$root" --log "$log" --log-format json start "$id"
     wrapper
 }
 
-/// A pod on the runc handler: CRIU runs through an OCI runtime binary, which the
-/// default embedded handler is not.
-async fn on_runc() -> TestPod {
-    TestPod::set_up_configured(
-        oci::busybox_image(),
-        "default_runtime = \"runc\"\n",
-        "",
-        &[r#"{"type":"loopback"}"#],
-    )
-    .await
-}
-
 /// A pod whose runc handler is the wrapper.
 async fn pod_with_wrapper(tools: &Path) -> TestPod {
     let wrapper = runc_with_criu_stood_in(tools);
@@ -248,7 +236,7 @@ async fn a_container_from_an_archive_has_its_image_and_changes_then_restores_or_
     let tools = tempfile::tempdir().unwrap();
     let real_criu = criu_works();
     let mut pod = if real_criu {
-        on_runc().await
+        TestPod::on_handler(oci::busybox_image(), "runc").await
     } else {
         pod_with_wrapper(tools.path()).await
     };

@@ -344,13 +344,7 @@ async fn user_namespace_requests_crust_cannot_meet_are_refused_and_leave_nothing
 /// refused and Status does not claim user namespaces for the embedded handler.
 #[tokio::test(flavor = "multi_thread")]
 async fn embedded_handlers_hand_user_namespaced_pods_to_runc_or_refuse_them() {
-    let mut p = TestPod::set_up_configured(
-        oci::busybox_image(),
-        "default_runtime = \"embedded\"\n",
-        "",
-        &[r#"{"type":"loopback"}"#],
-    )
-    .await;
+    let mut p = TestPod::on_handler(oci::busybox_image(), "embedded").await;
     let ns = options(cri::NamespaceMode::Pod, vec![mapping(0, HOST_ID)]);
     let config = pod_config(&p, "handed", ns.clone());
     let pod = run_pod(&mut p, &config).await.unwrap();
@@ -376,24 +370,7 @@ async fn embedded_handlers_hand_user_namespaced_pods_to_runc_or_refuse_them() {
         words(&exec(&mut p, &id, "cat /proc/self/uid_map").await),
         ["0", &HOST_ID.to_string(), &LENGTH.to_string()]
     );
-    for call in ["stop", "remove"] {
-        let r = if call == "stop" {
-            p.c.runtime
-                .stop_pod_sandbox(cri::StopPodSandboxRequest {
-                    pod_sandbox_id: pod.clone(),
-                })
-                .await
-                .map(drop)
-        } else {
-            p.c.runtime
-                .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-                    pod_sandbox_id: pod.clone(),
-                })
-                .await
-                .map(drop)
-        };
-        r.unwrap();
-    }
+    p.stop_and_remove_pod(&pod).await;
 
     let mut p = TestPod::set_up_configured(
         oci::busybox_image(),

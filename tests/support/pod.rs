@@ -66,6 +66,13 @@ impl TestPod {
         Self::set_up_configured(image, "", extra, plugins).await
     }
 
+    /// Like [`TestPod::set_up`], on runtime `handler` by default (runc for CRIU, which
+    /// runs through an OCI runtime binary).
+    pub async fn on_handler(image: ImageSpec, handler: &str) -> TestPod {
+        let top = format!("default_runtime = {handler:?}\n");
+        Self::set_up_configured(image, &top, "", &[r#"{"type":"loopback"}"#]).await
+    }
+
     /// Like [`TestPod::set_up_with_plugins`], with `top` top-level config keys too.
     pub async fn set_up_configured(
         image: ImageSpec,
