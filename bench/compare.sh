@@ -25,10 +25,12 @@
 #                         minutes to create and remove on 2 cores
 #   LIST_SCALE_PER_POD=100     ... containers per pod there
 #   LIST_SCALE_ITERATIONS=50   ... timed calls per List variant and size
-#   RUNTIMES="crust crust-runc crust-crun containerd"   which runtimes to measure:
-#                         crust on its default handler (embedded: libcontainer in
-#                         crust-monitor) runs every scenario; crust-HANDLER runs only the
-#                         pod lifecycles, on that runtime handler (runc, crun, embedded)
+#   RUNTIMES="crust crust-runc containerd"   which runtimes to measure: crust on its
+#                         default handler (embedded: libcontainer in crust-monitor) runs
+#                         every scenario; crust-HANDLER runs only the pod lifecycles, on
+#                         that runtime handler (runc, crun, embedded). crust-crun needs a
+#                         cgroup v2 or pure v1 host: crun 1.8 refuses hybrid hierarchies
+#                         ("cgroups in hybrid mode not supported"), as on the test VM
 #   CRUST_LOG_LEVEL=info  crustd's log level (debug logs every RPC with its duration)
 #   PERF=0                1: record crustd with `perf record -g` during its suite
 #   RESULTS=bench/results where results go (JSON, summary.md, chart.svg)
@@ -57,7 +59,7 @@ fi
 : "${LIST_PODS:=100}" "${LIST_CONTAINERS:=5}" "${LIST_ITERATIONS:=200}"
 : "${SETUP_CONCURRENCY:=4}"
 : "${LIST_SCALE=500,5000,20000}" "${LIST_SCALE_PER_POD:=100}" "${LIST_SCALE_ITERATIONS:=50}"
-: "${RUNTIMES:=crust crust-runc crust-crun containerd}"
+: "${RUNTIMES:=crust crust-runc containerd}"
 : "${CRUST_LOG_LEVEL:=info}"
 : "${PERF:=0}"
 : "${RESULTS:=$REPO/bench/results}"
