@@ -117,18 +117,36 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
     Ok(config)
 }
 
-fn init_logging(config: &Config) {
+/// Caps glibc's malloc arenas at one per core (its default is eight per core).
+///
+/// Every thread that allocates may claim an arena of its own, and freed memory stays
+/// resident in it: with tokio's blocking pool coming and going, crustd's anonymous
+/// memory wandered by a megabyte (a sixth of it) with how many arenas a run touched.
+fn limit_malloc_arenas() {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    // SAFETY: mallopt only sets an allocator parameter; called before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, cores as libc::c_int);
+    }
+}
+
+/// The tracing filter a configured log level stands for.
+fn log_directive(level: &str) -> String {
     // A bare level applies to crust; the libraries underneath (h2, hyper, rustls) stay
-    // at info, or debug would be their frame-by-frame chatter.
-    let directive = match config.log_level.as_str() {
-        level @ ("trace" | "debug") => {
-            format!(
-                "info,crustd={level},crust_image={level},crust_cni={level},crust_runtime={level},crust_sandbox={level}"
-            )
-        }
+    // at info, or debug would be their frame-by-frame chatter. libcgroups logs every
+    // controller the host lacks on every stats read, kill and delete: only its errors.
+    const QUIET: &str = "libcgroups=error,libcontainer=warn";
+    match level {
+        "trace" | "debug" => format!(
+            "info,crustd={level},crust_image={level},crust_cni={level},crust_runtime={level},crust_sandbox={level},{QUIET}"
+        ),
+        "info" | "warn" | "error" => format!("{level},{QUIET}"),
         other => other.to_string(),
-    };
-    let filter = tracing_subscriber::EnvFilter::new(directive);
+    }
+}
+
+fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::new(log_directive(&config.log_level));
     use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -214,6 +232,7 @@ fn main() -> anyhow::Result<()> {
     }
     let config = load_config(&cli)?;
     init_logging(&config);
+    limit_malloc_arenas();
     // Private by default, whoever started us (the systemd unit sets the same): the
     // store, bundles and writable layers hold secrets and setuid binaries. What
     // containers must reach gets its mode explicitly (crust_runtime::fsmode).
@@ -302,8 +321,10 @@ async fn serve(config: Arc<Config>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The metadata store's page cache.
-const DB_CACHE_BYTES: usize = 4 << 20;
+/// The metadata store's page cache. Records are read once, at start-up; a commit
+/// touches a few pages. Measured over 1,500 container cycles, 4 MiB let crustd's
+/// anonymous memory climb twice as far as 512 KiB does, at no visible cost per call.
+const DB_CACHE_BYTES: usize = 512 << 10;
 
 /// The metadata store's file under the root.
 const DB_FILE: &str = "crust.redb";
@@ -499,4 +520,27 @@ fn gauges(
         });
         out
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::log_directive;
+
+    #[test]
+    fn bare_levels_quiet_libcgroups_and_filters_pass_through() {
+        assert_eq!(
+            log_directive("info"),
+            "info,libcgroups=error,libcontainer=warn"
+        );
+        let debug = log_directive("debug");
+        assert!(debug.starts_with("info,crustd=debug,"), "{debug}");
+        assert!(
+            debug.ends_with(",libcgroups=error,libcontainer=warn"),
+            "{debug}"
+        );
+        assert_eq!(
+            log_directive("crustd=trace,h2=warn"),
+            "crustd=trace,h2=warn"
+        );
+    }
 }
