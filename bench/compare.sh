@@ -275,9 +275,7 @@ EOF
 # --- CNI ------------------------------------------------------------------------------
 # One network, one conflist for both: bridge + host-local and portmap. Neither needs a
 # loopback plugin in it: containerd runs CNI's loopback plugin on every pod by itself,
-# crust sets the pod's lo up with one ioctl when it makes the namespace. (Until
-# 2026-12-07 crust's copy listed loopback too, which made it exec a plugin it does not
-# need: ~10 ms of RunPodSandbox and ~5 ms of StopPodSandbox.)
+# crust sets the pod's lo up with one ioctl when it makes the namespace.
 mkdir -p "$WORK/cni/crust" "$WORK/cni/containerd" "$WORK/cni/ipam"
 conflist() {
     cat <<EOF

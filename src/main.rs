@@ -230,9 +230,9 @@ fn main() -> anyhow::Result<()> {
         }
         None => {}
     }
+    limit_malloc_arenas();
     let config = load_config(&cli)?;
     init_logging(&config);
-    limit_malloc_arenas();
     // Private by default, whoever started us (the systemd unit sets the same): the
     // store, bundles and writable layers hold secrets and setuid binaries. What
     // containers must reach gets its mode explicitly (crust_runtime::fsmode).
