@@ -167,6 +167,33 @@ async fn containers_run_exec_update_and_stop_without_a_runtime_binary() {
         "still-here\n"
     );
 
+    // A process exec'd into `a` that outlives the exec: the pod shares one PID
+    // namespace, so it dies only by a kill of everything in a's cgroups, which crust
+    // finds without libcgroups (runtime/src/cgroupfs.rs).
+    let r = exec(&mut p, &a, &["sh", "-c", "sleep 4242 >/dev/null 2>&1 &"]).await;
+    assert_eq!(r.exit_code, 0);
+    assert_eq!(processes_naming("sleep 4242").len(), 1);
+    let pid = status_pid(&mut p, &a).await;
+    let cgroup_dirs: Vec<String> = fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| {
+            let mut parts = l.splitn(3, ':');
+            let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+            if path == "/" {
+                // A hierarchy the container was not placed in.
+                return None;
+            }
+            let hierarchy = match controllers {
+                "" => "unified".to_string(),
+                c => c.strip_prefix("name=").unwrap_or(c).to_string(),
+            };
+            Some(format!("/sys/fs/cgroup/{hierarchy}{path}"))
+        })
+        .filter(|d| std::path::Path::new(d).is_dir())
+        .collect();
+    assert!(!cgroup_dirs.is_empty());
+
     // Stop (the sleep ignores nothing: SIGTERM ends it), remove, nothing left.
     for id in [&a, &b] {
         p.c.runtime
@@ -189,6 +216,15 @@ async fn containers_run_exec_update_and_stop_without_a_runtime_binary() {
         .map(|r| r.flatten().map(|e| e.file_name()).collect())
         .unwrap_or_default();
     assert!(left.is_empty(), "embedded state left: {left:?}");
+    let kept: Vec<_> = cgroup_dirs
+        .iter()
+        .filter(|d| std::path::Path::new(d).exists())
+        .collect();
+    assert!(kept.is_empty(), "cgroups left: {kept:?}");
+    assert!(
+        processes_naming("sleep 4242").is_empty(),
+        "the exec'd sleep survived"
+    );
     let dir = p.d.dir().display().to_string();
     let monitors: Vec<_> = processes_naming(&dir)
         .into_iter()

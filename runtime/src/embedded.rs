@@ -158,6 +158,75 @@ pub fn notify_start(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The container's cgroupfs directories when crust can kill and remove them itself
+/// ([`crate::cgroupfs`]); `None` leaves the work to libcontainer (systemd cgroups,
+/// poststop hooks, Intel RDT, a config not written yet).
+fn own_cgroups(container: &Container) -> Option<Vec<PathBuf>> {
+    if container.systemd() || container.intel_rdt_dir().is_some() {
+        return None;
+    }
+    let config = container.spec().ok()?;
+    if config
+        .hooks
+        .as_ref()
+        .is_some_and(|h| h.poststop().is_some())
+    {
+        return None;
+    }
+    crate::cgroupfs::dirs(&config.cgroup_path)
+}
+
+/// libcontainer's kill, with the processes of a kill-all found through
+/// [`crate::cgroupfs`]; `raw` is `signal`'s number.
+fn kill(
+    container: &mut Container,
+    signal: libcontainer::signal::Signal,
+    raw: i32,
+    all: bool,
+) -> std::result::Result<(), LibcontainerError> {
+    if !all {
+        return container.kill(signal, all);
+    }
+    let Some(dirs) = own_cgroups(container) else {
+        return container.kill(signal, all);
+    };
+    container.refresh_status()?;
+    if !container.can_kill() && container.status() != ContainerStatus::Stopped {
+        return Err(LibcontainerError::IncorrectStatus(container.status()));
+    }
+    crate::cgroupfs::kill_all(&dirs, raw).map_err(LibcontainerError::OtherIO)?;
+    container.set_status(ContainerStatus::Stopped).save()
+}
+
+/// libcontainer's delete, with the cgroups killed and removed through
+/// [`crate::cgroupfs`]; the state directory goes last, as there.
+fn delete(container: &mut Container, force: bool) -> std::result::Result<(), LibcontainerError> {
+    let Some(dirs) = own_cgroups(container) else {
+        return container.delete(force);
+    };
+    container.refresh_status()?;
+    match container.status() {
+        ContainerStatus::Stopped => {}
+        // Like runc and crun, a created container may go without force.
+        ContainerStatus::Created => kill_before_delete(container, &dirs)?,
+        _ if force => kill_before_delete(container, &dirs)?,
+        status => return Err(LibcontainerError::IncorrectStatus(status)),
+    }
+    crate::cgroupfs::remove(&dirs).map_err(LibcontainerError::OtherIO)?;
+    match std::fs::remove_dir_all(&container.root) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(LibcontainerError::OtherIO(e)),
+        _ => Ok(()),
+    }
+}
+
+fn kill_before_delete(
+    container: &mut Container,
+    dirs: &[PathBuf],
+) -> std::result::Result<(), LibcontainerError> {
+    crate::cgroupfs::kill_all(dirs, libc::SIGKILL).map_err(LibcontainerError::OtherIO)?;
+    container.set_status(ContainerStatus::Stopped).save()
+}
+
 /// The runc `state` status word of a libcontainer status.
 fn status_word(status: ContainerStatus) -> &'static str {
     match status {
@@ -234,11 +303,12 @@ impl LowLevelRuntime for Embedded {
 
     fn kill<'a>(&'a self, id: &'a str, signal: i32, all: bool) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
+            let raw = signal;
             let signal = libcontainer::signal::Signal::try_from(signal).map_err(|err| {
                 RuntimeError::invalid("signal", &signal.to_string(), err.to_string())
             })?;
             match self
-                .on_container("kill", id, move |c| c.kill(signal, all))
+                .on_container("kill", id, move |c| kill(c, signal, raw, all))
                 .await
             {
                 Ok(_) => Ok(()),
@@ -258,7 +328,7 @@ impl LowLevelRuntime for Embedded {
     fn delete<'a>(&'a self, id: &'a str, force: bool) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             let deleted = match self
-                .on_container("delete", id, move |c| c.delete(force))
+                .on_container("delete", id, move |c| delete(c, force))
                 .await
             {
                 Ok(_) => Ok(()),

@@ -15,6 +15,7 @@
 #![deny(missing_docs)]
 
 pub mod apparmor;
+pub mod cgroupfs;
 pub mod checkpoint;
 pub mod console;
 pub mod container;

@@ -131,8 +131,7 @@ pub fn remove_empty_cgroup(path: &str) {
 /// Finds the directories of `pid`'s cgroups from `/proc/self/mountinfo` and
 /// `/proc/<pid>/cgroup`.
 pub fn cgroup_paths_of(pid: i32) -> io::Result<CgroupPaths> {
-    let layout = CgroupLayout::detect()?;
-    layout.paths_of(pid)
+    CgroupLayout::host().paths_of(pid)
 }
 
 /// Reads the counters of the cgroup at `paths`; missing files give zero or `None`.
@@ -205,6 +204,31 @@ impl CgroupLayout {
         Ok(Self::parse_mountinfo(&fs::read_to_string(
             "/proc/self/mountinfo",
         )?))
+    }
+
+    /// This host's layout, read from mountinfo once: cgroup hierarchies are mounted at
+    /// boot and do not move, while the rest of the mount table (every container's
+    /// rootfs) is long and costly to read.
+    pub fn host() -> &'static CgroupLayout {
+        static HOST: std::sync::OnceLock<CgroupLayout> = std::sync::OnceLock::new();
+        HOST.get_or_init(|| Self::detect().unwrap_or_default())
+    }
+
+    /// The directory of cgroup `path` in each hierarchy (v1 ones, then v2), whether or
+    /// not it exists.
+    pub fn dirs_of(&self, path: &str) -> Vec<PathBuf> {
+        let mut dirs: Vec<PathBuf> = self
+            .v1
+            .iter()
+            .chain(&self.v2)
+            // A mount of a sub-tree holds only the paths under its root.
+            .filter(|mount| Path::new(path).starts_with(&mount.root))
+            .map(|mount| join_in_mount(mount, path))
+            .collect();
+        // A hierarchy mounted twice (a bind mount of it) names one directory twice.
+        let mut seen = std::collections::HashSet::new();
+        dirs.retain(|d| seen.insert(d.clone()));
+        dirs
     }
 
     /// Parses mountinfo text, keeping the `cgroup` and `cgroup2` mounts.
@@ -404,6 +428,28 @@ mod tests {
         );
         assert_eq!(layout.v1[4].root, Path::new("/kubepods"));
         assert_eq!(layout.v1[4].mount_point, Path::new("/mnt/my cgroups"));
+    }
+
+    #[test]
+    fn a_cgroup_path_has_one_directory_per_hierarchy() {
+        let layout = CgroupLayout::parse_mountinfo(HYBRID_MOUNTINFO);
+        let dirs = layout.dirs_of("/crust/c1");
+        let want: Vec<PathBuf> = [
+            "/sys/fs/cgroup/systemd/crust/c1",
+            "/sys/fs/cgroup/cpu,cpuacct/crust/c1",
+            "/sys/fs/cgroup/memory/crust/c1",
+            "/sys/fs/cgroup/pids/crust/c1",
+            "/sys/fs/cgroup/unified/crust/c1",
+        ]
+        .iter()
+        .map(PathBuf::from)
+        .collect();
+        assert_eq!(dirs, want);
+        let under = layout.dirs_of("/kubepods/pod1/c1");
+        assert!(
+            under.contains(&PathBuf::from("/mnt/my cgroups/pod1/c1")),
+            "{under:?}"
+        );
     }
 
     #[test]
