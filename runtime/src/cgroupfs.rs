@@ -14,7 +14,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::stats::cgroup::CgroupLayout;
+use crate::stats::cgroup::{CgroupLayout, cgroupfs_relative};
 
 /// How many times removing a cgroup is retried while its last processes leave (they
 /// leave at exit, before they are reaped) ...
@@ -27,12 +27,10 @@ const FREEZE_CHECKS: u32 = 50;
 
 /// The existing directories of cgroupfs path `cgroup_path` (absolute, as crust's
 /// specs give it) in every mounted hierarchy; `None` for a path crust does not make
-/// (systemd's form, relative, or with `..`).
+/// ([`cgroupfs_relative`]: systemd's form, relative, the root, or with `..`).
 pub fn dirs(cgroup_path: &Path) -> Option<Vec<PathBuf>> {
     let text = cgroup_path.to_str()?;
-    if !text.starts_with('/') || text.contains(':') || text.split('/').any(|c| c == "..") {
-        return None;
-    }
+    cgroupfs_relative(text)?;
     Some(
         CgroupLayout::host()
             .dirs_of(text)
@@ -154,6 +152,10 @@ mod tests {
         assert!(dirs(Path::new("system.slice:crust:abc")).is_none());
         assert!(dirs(Path::new("relative/path")).is_none());
         assert!(dirs(Path::new("/crust/../etc")).is_none());
+        assert!(
+            dirs(Path::new("/")).is_none(),
+            "the root holds every process"
+        );
         let none = dirs(Path::new("/crust-test-no-such-cgroup/x")).unwrap();
         assert!(none.is_empty(), "{none:?}");
     }

@@ -194,8 +194,7 @@ fn kill(
     if !container.can_kill() && container.status() != ContainerStatus::Stopped {
         return Err(LibcontainerError::IncorrectStatus(container.status()));
     }
-    crate::cgroupfs::kill_all(&dirs, raw).map_err(LibcontainerError::OtherIO)?;
-    container.set_status(ContainerStatus::Stopped).save()
+    kill_all(container, &dirs, raw)
 }
 
 /// libcontainer's delete, with the cgroups killed and removed through
@@ -208,8 +207,8 @@ fn delete(container: &mut Container, force: bool) -> std::result::Result<(), Lib
     match container.status() {
         ContainerStatus::Stopped => {}
         // Like runc and crun, a created container may go without force.
-        ContainerStatus::Created => kill_before_delete(container, &dirs)?,
-        _ if force => kill_before_delete(container, &dirs)?,
+        ContainerStatus::Created => kill_all(container, &dirs, libc::SIGKILL)?,
+        _ if force => kill_all(container, &dirs, libc::SIGKILL)?,
         status => return Err(LibcontainerError::IncorrectStatus(status)),
     }
     crate::cgroupfs::remove(&dirs).map_err(LibcontainerError::OtherIO)?;
@@ -219,11 +218,14 @@ fn delete(container: &mut Container, force: bool) -> std::result::Result<(), Lib
     }
 }
 
-fn kill_before_delete(
+/// Signals everything in the container's cgroups and records it stopped, as
+/// libcontainer does after any kill.
+fn kill_all(
     container: &mut Container,
     dirs: &[PathBuf],
+    signal: i32,
 ) -> std::result::Result<(), LibcontainerError> {
-    crate::cgroupfs::kill_all(dirs, libc::SIGKILL).map_err(LibcontainerError::OtherIO)?;
+    crate::cgroupfs::kill_all(dirs, signal).map_err(LibcontainerError::OtherIO)?;
     container.set_status(ContainerStatus::Stopped).save()
 }
 

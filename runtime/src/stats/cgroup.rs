@@ -110,13 +110,18 @@ pub struct CgroupPaths {
     pub unified: Option<PathBuf>,
 }
 
+/// Cgroupfs path `path` relative to a hierarchy's root, when it is one crust may touch:
+/// absolute, not the root itself, without `..`. `None` for anything else, systemd's
+/// `slice:prefix:name` form included.
+pub fn cgroupfs_relative(path: &str) -> Option<&str> {
+    path.strip_prefix('/')
+        .filter(|r| !r.is_empty() && !r.split('/').any(|c| c == ".."))
+}
+
 /// Removes the (empty) cgroup at cgroupfs path `path` from every mounted hierarchy.
 /// Cgroups still holding processes, and systemd `slice:prefix:name` paths, are left.
 pub fn remove_empty_cgroup(path: &str) {
-    let Some(rel) = path
-        .strip_prefix('/')
-        .filter(|r| !r.is_empty() && !r.split('/').any(|c| c == ".."))
-    else {
+    let Some(rel) = cgroupfs_relative(path) else {
         return;
     };
     let root = Path::new("/sys/fs/cgroup");
